@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 IGNORE_INDEX = -100
 
@@ -19,7 +18,7 @@ class SideOutputs:
     logits: torch.Tensor  # (B, L, V_model)
     hidden: torch.Tensor  # (B, L, d) last hidden state
     input_embeds: torch.Tensor  # (B, L, d) E[input_id]
-    target_embeds: torch.Tensor  # (B, L, d) E[label], E[0] where the label is -100
+    target_embeds: torch.Tensor  # (B, L, d) E[label]; arbitrary where the label is -100
     labels: torch.Tensor  # (B, L)
     lm_head_weight: torch.Tensor  # (V_model, d)
     vocab_size: int
@@ -32,20 +31,22 @@ class SideOutputs:
 def shift_for_next_token(
     logits: torch.Tensor,
     hidden: torch.Tensor,
-    input_ids: torch.Tensor,
+    embeddings: torch.Tensor,
     labels: torch.Tensor,
-    embedding: nn.Module,
     lm_head_weight: torch.Tensor,
     vocab_size: int,
 ) -> SideOutputs:
-    """Build a `SideOutputs` from a causal LM's outputs on `input_ids` with HF-style (unshifted) `labels`."""
-    next_labels = labels[:, 1:]
+    """Build a `SideOutputs` from a causal LM's outputs with HF-style (unshifted) `labels`.
+
+    `embeddings` is the input-embedding layer's output on the whole sequence. A response label is the next input id,
+    so `E[label]` at position i is the embedding at position i + 1; elsewhere it is masked out anyway.
+    """
     return SideOutputs(
         logits=logits[:, :-1],
         hidden=hidden[:, :-1],
-        input_embeds=embedding(input_ids[:, :-1]),
-        target_embeds=embedding(next_labels.clamp(min=0)),
-        labels=next_labels,
+        input_embeds=embeddings[:, :-1],
+        target_embeds=embeddings[:, 1:],
+        labels=labels[:, 1:],
         lm_head_weight=lm_head_weight,
         vocab_size=vocab_size,
     )
