@@ -1,3 +1,15 @@
 """hf-dwakd: cross-tokenizer knowledge distillation (DWA-KD) as a TRL trainer."""
 
+import importlib
+
 __version__ = "0.1.0"
+
+# Imported on first use, so `hf_dwakd.ops` works without loading TRL.
+_LAZY = {"DWAKDConfig": "hf_dwakd.config", "DWAKDTrainer": "hf_dwakd.trainer"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hf_dwakd' has no attribute {name!r}")

@@ -1,0 +1,162 @@
+"""`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (METHOD.md)."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import SFTConfig
+
+KD_METHODS = ("dwakd", "sft")
+DIVERGENCES = ("forward_kl", "reverse_kl", "skewed_forward_kl", "skewed_reverse_kl", "js", "adaptive_kl")
+DTW_BACKENDS = ("auto", "cpu", "triton", "reference")
+
+
+@dataclass
+class DWAKDConfig(SFTConfig):
+    r"""
+    Configuration for [`DWAKDTrainer`]: every field of [`trl.SFTConfig`] plus the DWA-KD knobs below. Defaults follow
+    the paper (arXiv 2602.21669) as decided in METHOD.md.
+
+    Teacher:
+        teacher_model_name_or_path (`str`, *optional*): Hub id or path of the teacher, when `teacher_model` is not
+            passed to the trainer.
+        teacher_model_init_kwargs (`dict` or JSON `str`, *optional*): keyword arguments for
+            `AutoModelForCausalLM.from_pretrained` when the teacher is loaded from a name.
+        teacher_tokenizer_name_or_path (`str`, *optional*): the teacher's tokenizer; defaults to the teacher's name.
+
+    Objective:
+        kd_method (`str`, defaults to `"dwakd"`): the distillation objective, one of `KD_METHODS`.
+        max_prompt_length (`int`, defaults to `256`): prompt tokens kept on each side (`max_length` defaults to 512).
+        ce_weight, kd_weight, dtw_weight (`float`, defaults to `0.5`, `0.5`, `0.2`): weights of the student
+            cross-entropy, the weighted dual-space KD and the Soft-DTW alignment.
+        kd_temperature (`float`, defaults to `2.0`): temperature inside every KL term.
+        kd_divergence (`str`, defaults to `"forward_kl"`): one of `DIVERGENCES`, used in both spaces.
+        kd_skew (`float`, defaults to `0.1`): mixture weight of the skewed divergences.
+        use_entropy_weighting, use_teacher_gate (`bool`, default `True`): ablation switches of the token weights.
+        use_dtw, use_dtw_band, use_dtw_hidden, use_dtw_embed (`bool`, default `True`): ablation switches of the
+            Soft-DTW alignment, its attention-entropy band and each of its two pairs.
+        dtw_gamma (`float`, defaults to `2.0`): Soft-DTW smoothing; with `dtw_gamma_end` and
+            `dtw_gamma_anneal_steps` it is annealed linearly from `dtw_gamma` to `dtw_gamma_end`.
+        dtw_band_base, dtw_band_beta, dtw_band_alpha, dtw_band_penalty (`float`, defaults `5`, `2.0`, `0.7`, `1.0`):
+            the band's base width `b`, entropy slope `beta`, centre mix `alpha` and penalty `lambda_band`.
+        dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
+        kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
+        projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
+    """
+
+    _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
+
+    max_length: int | None = field(
+        default=512, metadata={"help": "Maximum tokens of prompt + response on each side (paper: 512)."}
+    )
+    max_prompt_length: int = field(
+        default=256, metadata={"help": "Maximum prompt tokens on each side; longer prompts are truncated (paper: 256)."}
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local path of the teacher model."}
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments (a dict or JSON string) for loading the teacher from its name."},
+    )
+    teacher_tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local path of the teacher's tokenizer (default: the teacher's)."}
+    )
+    kd_method: str = field(default="dwakd", metadata={"help": f"Distillation objective, one of {KD_METHODS}."})
+    ce_weight: float = field(default=0.5, metadata={"help": "Weight of the student cross-entropy (lambda_ce)."})
+    kd_weight: float = field(default=0.5, metadata={"help": "Weight of the weighted dual-space KD (lambda_kd)."})
+    dtw_weight: float = field(default=0.2, metadata={"help": "Weight of the Soft-DTW alignment (lambda_dtw)."})
+    kd_temperature: float = field(default=2.0, metadata={"help": "Temperature tau inside every KL term."})
+    kd_divergence: str = field(
+        default="forward_kl", metadata={"help": f"Divergence of both KD spaces, one of {DIVERGENCES}."}
+    )
+    kd_skew: float = field(default=0.1, metadata={"help": "Mixture weight of the skewed divergences, in (0, 1)."})
+    use_entropy_weighting: bool = field(
+        default=True, metadata={"help": "Ablation: entropy-based token weights (off = all weights 1)."}
+    )
+    use_teacher_gate: bool = field(
+        default=True, metadata={"help": "Ablation: multiply the student entropy by the teacher confidence gate."}
+    )
+    use_dtw: bool = field(default=True, metadata={"help": "Ablation: the Soft-DTW sequence alignment term."})
+    use_dtw_band: bool = field(default=True, metadata={"help": "Ablation: the attention-entropy soft band."})
+    use_dtw_hidden: bool = field(default=True, metadata={"help": "Ablation: the hidden-state Soft-DTW pair."})
+    use_dtw_embed: bool = field(default=True, metadata={"help": "Ablation: the embedding Soft-DTW pair."})
+    dtw_gamma: float = field(default=2.0, metadata={"help": "Soft-DTW smoothing gamma (start value when annealed)."})
+    dtw_gamma_end: float | None = field(
+        default=None, metadata={"help": "Final gamma of the linear annealing (needs dtw_gamma_anneal_steps > 0)."}
+    )
+    dtw_gamma_anneal_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps over which gamma goes from dtw_gamma to dtw_gamma_end."}
+    )
+    dtw_band_base: float = field(default=5.0, metadata={"help": "Band base width b."})
+    dtw_band_beta: float = field(default=2.0, metadata={"help": "Band width slope beta on the attention entropy."})
+    dtw_band_alpha: float = field(
+        default=0.7, metadata={"help": "Band centre mix alpha between attention centre and diagonal, in [0, 1]."}
+    )
+    dtw_band_penalty: float = field(default=1.0, metadata={"help": "Band penalty lambda_band added off the band."})
+    dtw_backend: str = field(default="auto", metadata={"help": f"Soft-DTW kernel, one of {DTW_BACKENDS}."})
+    kd_chunk_size: int | None = field(
+        default=None, metadata={"help": "Tokens per chunk for the vocabulary-wide terms (None = all at once)."}
+    )
+    projector_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the projectors' optimizer parameter group."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_choice("kd_method", KD_METHODS)
+        self._check_choice("kd_divergence", DIVERGENCES)
+        self._check_choice("dtw_backend", DTW_BACKENDS)
+        for name in ("ce_weight", "kd_weight", "dtw_weight", "dtw_band_base", "dtw_band_beta", "dtw_band_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.kd_method == "dwakd" and self.ce_weight + self.kd_weight + self.dtw_weight == 0:
+            raise ValueError(
+                "`ce_weight`, `kd_weight` and `dtw_weight` are all 0, so there is nothing to train: set at least one "
+                "of them > 0 (defaults 0.5 / 0.5 / 0.2)."
+            )
+        for name in ("kd_temperature", "dtw_gamma", "projector_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+        if not 0 < self.kd_skew < 1:
+            raise ValueError(f"`kd_skew` must be in (0, 1), got {self.kd_skew}.")
+        if not 0 <= self.dtw_band_alpha <= 1:
+            raise ValueError(f"`dtw_band_alpha` must be in [0, 1], got {self.dtw_band_alpha}.")
+        if (self.dtw_gamma_end is None) != (self.dtw_gamma_anneal_steps == 0):
+            raise ValueError(
+                "Gamma annealing needs both `dtw_gamma_end` (> 0) and `dtw_gamma_anneal_steps` (> 0); set both, or "
+                "neither for a constant `dtw_gamma`."
+            )
+        if self.dtw_gamma_end is not None and (self.dtw_gamma_end <= 0 or self.dtw_gamma_anneal_steps < 0):
+            raise ValueError("`dtw_gamma_end` must be > 0 and `dtw_gamma_anneal_steps` >= 0.")
+        if self.kd_chunk_size is not None and self.kd_chunk_size <= 0:
+            raise ValueError(f"`kd_chunk_size` must be a positive number of tokens or None, got {self.kd_chunk_size}.")
+        if self.max_length is None or self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"`max_prompt_length` ({self.max_prompt_length}) must be smaller than `max_length` "
+                f"({self.max_length}) so that some response survives truncation."
+            )
+        if self.use_liger_kernel:
+            raise ValueError(
+                "`use_liger_kernel=True` is not supported by DWAKDTrainer: the objective needs the full logits and "
+                "hidden states of both models. Set `use_liger_kernel=False`."
+            )
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "`packing` and `padding_free` are not supported by DWAKDTrainer: each example is aligned across two "
+                "tokenizers. Set `packing=False` and `padding_free=False`."
+            )
+
+    def _check_choice(self, name, choices):
+        if getattr(self, name) not in choices:
+            raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.kd_method != "sft"
+
+    def dtw_gamma_at(self, step: int) -> float:
+        """Soft-DTW gamma at optimizer step `step`: constant, or linearly annealed when configured."""
+        if self.dtw_gamma_end is None:
+            return self.dtw_gamma
+        progress = min(step / self.dtw_gamma_anneal_steps, 1.0)
+        return self.dtw_gamma + progress * (self.dtw_gamma_end - self.dtw_gamma)
