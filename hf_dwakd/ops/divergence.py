@@ -1,0 +1,80 @@
+"""Soft-DTW divergence with cosine cost and the optional soft band on the cross cost (METHOD.md §4)."""
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from hf_dwakd.ops.soft_dtw import check_gamma, check_lengths, soft_dtw
+
+
+class SoftDTWBand(NamedTuple):
+    """Additive band on the cross cost: C~[i, j] = C[i, j] + penalty * 1{|j - center[b, i]| > width[b, i]}.
+
+    center, width: (B, N) float tensors, one value per row of x; columns j are 1-based (j = 1..M). They are
+    constants: no gradient flows through them. penalty: finite float >= 0.
+    """
+
+    center: torch.Tensor
+    width: torch.Tensor
+    penalty: float
+
+
+def _check_band(band, batch, n_rows):
+    if not isinstance(band, SoftDTWBand):
+        raise TypeError(f"band must be a SoftDTWBand(center, width, penalty) or None, got {type(band).__name__}.")
+    for name in ("center", "width"):
+        value = getattr(band, name)
+        if not isinstance(value, torch.Tensor) or value.shape != (batch, n_rows):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"band.{name} must be a tensor of shape (B, N) = ({batch}, {n_rows}), got {shape}.")
+    if not isinstance(band.penalty, (int, float)) or not math.isfinite(band.penalty) or band.penalty < 0:
+        raise ValueError(f"band.penalty must be a finite number >= 0, got {band.penalty!r}.")
+
+
+def band_penalty(band, n_cols, dtype):
+    """(B, N, M) additive penalty of the band, columns numbered from 1."""
+    columns = torch.arange(1, n_cols + 1, device=band.center.device, dtype=dtype)
+    center, width = band.center.detach().to(dtype), band.width.detach().to(dtype)
+    outside = (columns - center[:, :, None]).abs() > width[:, :, None]
+    return outside.to(dtype) * band.penalty
+
+
+def soft_dtw_divergence(x, y, gamma, lengths_x=None, lengths_y=None, band=None, backend="auto"):
+    """D(x, y) = sdtw(C~(x, y)) - [sdtw(C(x, x)) + sdtw(C(y, y))] / 2 per example, with C = 1 - cos.
+
+    x: (B, N, d), y: (B, M, d) padded batches; lengths_x, lengths_y: (B,) integer tensors (None = full).
+    band: optional SoftDTWBand applied to the cross cost only. The three terms of every example run in one
+    batched Soft-DTW call, in float32 (float64 stays float64) whatever the autocast state.
+    Returns (B,) values; gradients flow to x and y.
+    """
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, torch.Tensor) or value.dim() != 3 or not value.dtype.is_floating_point:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a floating-point tensor of shape (B, length, d), got {shape}.")
+    if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share batch size and feature size d.")
+    check_gamma(gamma)
+    batch, n_rows, n_cols = x.shape[0], x.shape[1], y.shape[1]
+    if band is not None:
+        _check_band(band, batch, n_rows)
+    lengths_x = check_lengths(lengths_x, "lengths_x", batch, n_rows, x.device)
+    lengths_y = check_lengths(lengths_y, "lengths_y", batch, n_cols, x.device)
+
+    dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    size = max(n_rows, n_cols)
+    with torch.autocast(x.device.type, enabled=False):
+        # Unit rows padded to a common length: one bmm gives the XY, XX and YY costs of every example.
+        x_unit = F.pad(F.normalize(x.to(dtype), dim=-1), (0, 0, 0, size - n_rows))
+        y_unit = F.pad(F.normalize(y.to(dtype), dim=-1), (0, 0, 0, size - n_cols))
+        left = torch.cat((x_unit, x_unit, y_unit))
+        right = torch.cat((y_unit, x_unit, y_unit))
+        cost = 1.0 - torch.bmm(left, right.transpose(1, 2))
+        if band is not None:
+            cost[:batch, :n_rows, :n_cols] += band_penalty(band, n_cols, dtype)
+    lengths_left = torch.cat((lengths_x, lengths_x, lengths_y))
+    lengths_right = torch.cat((lengths_y, lengths_x, lengths_y))
+    values = soft_dtw(cost, gamma, lengths_left, lengths_right, backend=backend)
+    cross, self_x, self_y = values.split(batch)
+    return cross - 0.5 * (self_x + self_y)
