@@ -1,0 +1,26 @@
+"""The trainable projectors between the student and teacher spaces (METHOD.md §2 table)."""
+
+from torch import nn
+
+
+class DWAKDProjectors(nn.Module):
+    """`query` (2d_s -> 2d_t), `t2s` (d_t -> d_s), `s2t` (d_s -> d_t), `embed_t2s` (d_t -> d_s).
+
+    `query`, `t2s` and `s2t` serve the cross-model attention; `t2s` also maps teacher hidden states for the
+    Soft-DTW hidden term, and `embed_t2s` maps teacher target embeddings for the Soft-DTW embedding term.
+    """
+
+    def __init__(self, student_hidden_size: int, teacher_hidden_size: int):
+        super().__init__()
+        for name, value in (("student_hidden_size", student_hidden_size), ("teacher_hidden_size", teacher_hidden_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int (the model's hidden size), got {value!r}.")
+        self.student_hidden_size = student_hidden_size
+        self.teacher_hidden_size = teacher_hidden_size
+        self.query = nn.Linear(2 * student_hidden_size, 2 * teacher_hidden_size)
+        self.t2s = nn.Linear(teacher_hidden_size, student_hidden_size)
+        self.s2t = nn.Linear(student_hidden_size, teacher_hidden_size)
+        self.embed_t2s = nn.Linear(teacher_hidden_size, student_hidden_size)
+
+    def extra_repr(self) -> str:
+        return f"student_hidden_size={self.student_hidden_size}, teacher_hidden_size={self.teacher_hidden_size}"
