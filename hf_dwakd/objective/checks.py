@@ -1,0 +1,78 @@
+"""Checks of `dwakd_loss`'s inputs, each error naming the field and the fix, raised before any vocabulary-wide work."""
+
+import torch
+
+from hf_dwakd.objective.options import DWAKDLossOptions
+from hf_dwakd.objective.outputs import SideOutputs
+from hf_dwakd.objective.responses import Responses
+
+
+def check_side(side: SideOutputs, name: str) -> None:
+    if not isinstance(side, SideOutputs):
+        raise TypeError(f"{name} must be a SideOutputs (see shift_for_next_token), got {type(side).__name__}.")
+    batch, length, width = side.logits.shape
+    hidden_size = side.hidden.shape[-1]
+    for field in ("hidden", "input_embeds", "target_embeds"):
+        if getattr(side, field).shape != (batch, length, hidden_size):
+            raise ValueError(
+                f"{name}.{field} has shape {tuple(getattr(side, field).shape)}; expected ({batch}, {length}, "
+                f"{hidden_size}) to match {name}.logits and {name}.hidden."
+            )
+    if side.labels.shape != (batch, length):
+        raise ValueError(f"{name}.labels has shape {tuple(side.labels.shape)}; expected ({batch}, {length}).")
+    if side.lm_head_weight.shape != (width, hidden_size):
+        raise ValueError(
+            f"{name}.lm_head_weight has shape {tuple(side.lm_head_weight.shape)}; expected ({width}, {hidden_size}) "
+            f"(logit width x hidden size)."
+        )
+    if isinstance(side.vocab_size, bool) or not isinstance(side.vocab_size, int) or not 2 <= side.vocab_size <= width:
+        raise ValueError(
+            f"{name}.vocab_size must be len(tokenizer), an int in [2, {width}] (the logit width), "
+            f"got {side.vocab_size!r}."
+        )
+
+
+def check_inputs(student: SideOutputs, teacher: SideOutputs, projectors, options) -> None:
+    if not isinstance(options, DWAKDLossOptions):
+        raise TypeError(f"options must be a DWAKDLossOptions, got {type(options).__name__}.")
+    check_side(student, "student")
+    check_side(teacher, "teacher")
+    if student.labels.shape[0] != teacher.labels.shape[0]:
+        raise ValueError(
+            f"student and teacher batches differ in size ({student.labels.shape[0]} vs {teacher.labels.shape[0]})."
+        )
+    sizes = (student.hidden.shape[-1], teacher.hidden.shape[-1])
+    if (projectors.student_hidden_size, projectors.teacher_hidden_size) != sizes:
+        raise ValueError(
+            f"projectors were built for hidden sizes ({projectors.student_hidden_size}, "
+            f"{projectors.teacher_hidden_size}) but the student and teacher have {sizes}: "
+            f"build DWAKDProjectors{sizes}."
+        )
+
+
+def check_responses(student: Responses, teacher: Responses) -> None:
+    if student.num_tokens == 0:
+        raise ValueError("student.labels have no response position (all -100): there is nothing to train on.")
+    mismatch = (student.lengths > 0) != (teacher.lengths > 0)
+    if bool(mismatch.any()):
+        rows = mismatch.nonzero().flatten().tolist()
+        raise ValueError(
+            f"examples {rows} have response positions on one side only (student lengths "
+            f"{student.lengths.tolist()}, teacher lengths {teacher.lengths.tolist()}): both tokenizations must "
+            f"cover the same response text."
+        )
+
+
+def loss_denominator(num_items_in_batch, student: Responses) -> torch.Tensor | int:
+    if num_items_in_batch is None:
+        return student.num_tokens
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1 or not num_items_in_batch.item() > 0:
+            raise ValueError(f"num_items_in_batch must be one count > 0, got {num_items_in_batch!r}.")
+        return num_items_in_batch.reshape(()).to(student.hidden.device)
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, int) or num_items_in_batch <= 0:
+        raise ValueError(
+            f"num_items_in_batch must be the number of student response tokens (an int > 0), "
+            f"got {num_items_in_batch!r}."
+        )
+    return num_items_in_batch

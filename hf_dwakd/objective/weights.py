@@ -1,0 +1,48 @@
+"""Token weights of the dual-space KD (METHOD.md §3): student entropy x teacher gate, teacher confidence.
+
+All from tau = 1 distributions over the first `vocab_size` columns (padded LM heads have more), detached, and
+normalised per sequence so the weights of a sequence sum to its number of response tokens.
+"""
+
+import math
+
+import torch
+
+from hf_dwakd.objective.divergences import log_probs
+
+
+@torch.no_grad()
+def entropy(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Entropy (nats, float32) of softmax over the first `vocab_size` columns."""
+    log_p = log_probs(logits[..., :vocab_size], temperature=1.0)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+@torch.no_grad()
+def max_probability(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """max_v p(v) (float32) of softmax over the first `vocab_size` columns."""
+    return log_probs(logits[..., :vocab_size], temperature=1.0).max(dim=-1).values.exp()
+
+
+@torch.no_grad()
+def normalise_per_sequence(raw: torch.Tensor, sequence_index: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """Scale each sequence's weights to sum to its token count. `raw`, `sequence_index`: (N,) per token.
+
+    A sequence whose raw weights are all 0 (nothing to rank its tokens by) gets weight 1 on every token.
+    """
+    sums = raw.new_zeros(num_sequences).index_add_(0, sequence_index, raw)
+    counts = raw.new_zeros(num_sequences).index_add_(0, sequence_index, torch.ones_like(raw))
+    token_sums, token_counts = sums[sequence_index], counts[sequence_index]
+    return torch.where(token_sums > 0, raw * token_counts / token_sums.clamp(min=torch.finfo(raw.dtype).tiny), 1.0)
+
+
+@torch.no_grad()
+def student_raw_weights(student_entropy: torch.Tensor, gate: torch.Tensor, teacher_gate: bool) -> torch.Tensor:
+    """w_s(i) = H_s(i) * g(i), or H_s(i) with the gate off."""
+    return student_entropy * gate if teacher_gate else student_entropy
+
+
+@torch.no_grad()
+def teacher_raw_weights(teacher_entropy: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """w_t(j) = 1 - H_t(j) / log V_t, clamped to [0, 1]."""
+    return (1 - teacher_entropy / math.log(vocab_size)).clamp(0, 1)
