@@ -1,0 +1,65 @@
+"""What the baseline losses share: input checks, the KD normaliser, and response rows gathered by mask.
+
+Every baseline loss has the signature `loss(student, teacher, num_items_in_batch=None, **options)` and returns
+`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (METHOD.md §5), the student CE is
+added by the caller, and `metrics` holds detached scalars for logging.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from hf_dwakd.objective.outputs import SideOutputs
+
+
+def check_pair(student: SideOutputs, teacher: SideOutputs) -> None:
+    for name, side in (("student", student), ("teacher", teacher)):
+        if side.logits.shape[:2] != side.labels.shape:
+            raise ValueError(
+                f"{name}.logits is {tuple(side.logits.shape)} but {name}.labels is {tuple(side.labels.shape)}; "
+                "build both with shift_for_next_token so they cover the same positions."
+            )
+        if side.vocab_size > side.logits.shape[-1]:
+            raise ValueError(
+                f"{name}.vocab_size={side.vocab_size} exceeds the {side.logits.shape[-1]} logit columns; "
+                "set it to len(tokenizer) of that model."
+            )
+    if student.labels.shape[0] != teacher.labels.shape[0]:
+        raise ValueError(
+            f"student has {student.labels.shape[0]} examples and teacher {teacher.labels.shape[0]}; "
+            "both sides must hold the same examples in the same order."
+        )
+
+
+def kd_denominator(student: SideOutputs, num_items_in_batch) -> torch.Tensor | int:
+    """`num_items_in_batch`, or, when None, this batch's number of student response tokens (at least 1)."""
+    if num_items_in_batch is None:
+        return student.response_mask.sum().clamp(min=1)
+    return num_items_in_batch
+
+
+@dataclass
+class ResponseRows:
+    """One side's response positions, example by example in position order (the order of `logits[mask]`)."""
+
+    logits: torch.Tensor  # (N, vocab_size) float32, the tokenizer's columns only
+    example: torch.Tensor  # (N,) which example each row belongs to
+    rank: torch.Tensor  # (N,) its index among that example's response positions
+    lengths: torch.Tensor  # (B,) response positions per example
+
+
+def response_rows(side: SideOutputs, detach: bool = False) -> ResponseRows:
+    mask = side.response_mask
+    example, position = mask.nonzero(as_tuple=True)
+    logits = side.logits[example, position, : side.vocab_size].float()
+    rank = (mask.cumsum(dim=1) - 1)[example, position]
+    return ResponseRows(logits.detach() if detach else logits, example, rank, mask.sum(dim=1))
+
+
+def first_common(student: ResponseRows, teacher: ResponseRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row masks keeping each example's first min(n_student, n_teacher) response positions on both sides.
+
+    The kept rows pair up in order: the k-th kept student row with the k-th kept teacher row.
+    """
+    common = torch.minimum(student.lengths, teacher.lengths)
+    return student.rank < common[student.example], teacher.rank < common[teacher.example]
