@@ -1,0 +1,104 @@
+"""MinED KD term (FuseLLM, Wan et al. 2024, arXiv 2401.10491): the teacher's next-token distribution carried onto
+the student vocabulary through the minimum-edit-distance vocabulary map, then KL.
+
+The alignment (`MinEDAligner.teacher_positions`) and the map (`MinEDAligner.teacher_to_student`) come from the
+data side; this module only needs tensors.
+"""
+
+import torch
+
+from hf_dwakd.baselines.common import check_pair, kd_denominator, response_rows
+from hf_dwakd.objective.outputs import SideOutputs
+
+
+def project_teacher_logits(
+    teacher_logits: torch.Tensor, teacher_to_student: torch.Tensor, student_vocab_size: int, top_k: int | None
+) -> torch.Tensor:
+    """(A, V_t) teacher logits -> (A, V_s) logits over the student vocabulary.
+
+    A student token takes the largest logit among the teacher tokens mapped onto it (FuseLLM keeps the first,
+    i.e. most probable, of duplicates), and -inf (probability 0) when none is. `top_k`: only the teacher's k
+    most probable tokens are carried over, as FuseLLM stores them (it uses 10); None carries every token.
+    """
+    if top_k is None:
+        values, student_ids = teacher_logits, teacher_to_student.expand_as(teacher_logits)
+    else:
+        values, teacher_ids = teacher_logits.topk(min(top_k, teacher_logits.shape[-1]), dim=-1)
+        student_ids = teacher_to_student[teacher_ids]
+    projected = values.new_full((teacher_logits.shape[0], student_vocab_size), float("-inf"))
+    return projected.scatter_reduce(1, student_ids, values, reduce="amax")
+
+
+def _check_alignment(student, teacher, teacher_positions, teacher_to_student):
+    if teacher_positions.shape != student.labels.shape:
+        raise ValueError(
+            f"teacher_positions is {tuple(teacher_positions.shape)} but student.labels is "
+            f"{tuple(student.labels.shape)}; compute it with MinEDAligner.teacher_positions on the same labels."
+        )
+    aligned = teacher_positions >= 0
+    if bool((aligned & ~student.response_mask).any()):
+        raise ValueError("teacher_positions aligns positions outside the student response; they must hold -1.")
+    example, position = aligned.nonzero(as_tuple=True)
+    partner = teacher_positions[example, position]
+    if bool((partner >= teacher.labels.shape[1]).any()) or not bool(teacher.response_mask[example, partner].all()):
+        raise ValueError(
+            "teacher_positions points at teacher positions outside the teacher response; the two label tensors "
+            "given to MinEDAligner.teacher_positions must be the ones in the SideOutputs."
+        )
+    if teacher_to_student.shape != (teacher.vocab_size,):
+        raise ValueError(
+            f"teacher_to_student has shape {tuple(teacher_to_student.shape)}, expected ({teacher.vocab_size},): "
+            "one student id per teacher token (MinEDAligner.teacher_to_student of this tokenizer pair)."
+        )
+    if bool((teacher_to_student < 0).any() | (teacher_to_student >= student.vocab_size).any()):
+        raise ValueError(f"teacher_to_student holds ids outside the student vocabulary [0, {student.vocab_size}).")
+
+
+def mined_loss(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    *,
+    teacher_positions: torch.Tensor,
+    teacher_to_student: torch.Tensor,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MinED KD term: sum over student response positions of KL(q || p_s), divided by `num_items_in_batch`
+    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
+
+    q is the projected teacher distribution where `teacher_positions` aligns the position, else the one-hot
+    label (as in FuseLLM), where the KL is the student's CE. Both sides are divided by `temperature`.
+    Gradients reach the student logits only.
+    """
+    check_pair(student, teacher)
+    teacher_positions = teacher_positions.to(student.labels.device)
+    teacher_to_student = teacher_to_student.to(student.labels.device)
+    _check_alignment(student, teacher, teacher_positions, teacher_to_student)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"mined top_k={top_k} must be a positive integer, or None for every teacher token.")
+    if temperature <= 0:
+        raise ValueError(f"mined temperature={temperature} must be positive.")
+
+    rows = response_rows(student)
+    student_log_probs = torch.log_softmax(rows.logits / temperature, dim=-1)
+    labels = student.labels[student.response_mask]
+    partner = teacher_positions[student.response_mask]
+    aligned = partner >= 0
+
+    teacher_logits = teacher.logits.detach()[rows.example[aligned], partner[aligned], : teacher.vocab_size]
+    target_logits = project_teacher_logits(
+        teacher_logits.float() / temperature, teacher_to_student, student.vocab_size, top_k
+    )
+    target_log_probs = torch.log_softmax(target_logits, dim=-1)
+    target_probs = target_log_probs.exp()
+    gap = torch.where(target_probs > 0, target_log_probs - student_log_probs[aligned], 0.0)
+    kl = (target_probs * gap).sum(dim=-1)
+    label_ce = -student_log_probs[~aligned].gather(1, labels[~aligned, None]).squeeze(1)
+
+    kd = (kl.sum() + label_ce.sum()) / kd_denominator(student, num_items_in_batch)
+    metrics = {
+        "mined_kl": kl.detach().sum() / max(kl.numel(), 1),
+        "mined_aligned_fraction": aligned.float().sum() / max(aligned.numel(), 1),
+    }
+    return kd, metrics
