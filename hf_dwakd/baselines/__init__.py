@@ -3,6 +3,7 @@ returning `(kd, metrics)`; see `common` for the shared contract."""
 
 from hf_dwakd.baselines.mined import mined_loss
 from hf_dwakd.baselines.mined_alignment import MinEDAligner
+from hf_dwakd.baselines.multilevel_ot import multilevel_ot_loss
 from hf_dwakd.baselines.uld import uld_loss
 
-__all__ = ["MinEDAligner", "mined_loss", "uld_loss"]
+__all__ = ["MinEDAligner", "mined_loss", "multilevel_ot_loss", "uld_loss"]

@@ -1,0 +1,114 @@
+"""MultiLevelOT (Cui et al., AAAI 2025, arXiv 2412.14528): optimal transport between the two models' logit
+distributions at the token level and at the sequence level.
+
+Per example and side, the logits are divided by their standard deviation over the vocabulary and turned into
+probabilities; the vocabulary columns are ranked by their total probability over the example's response
+("holistic" sort: one order for the whole sequence) and the top k kept, so column c of the teacher faces column
+c of the student at every position. Then:
+- token level, on each example's first min(n_student, n_teacher) response positions paired in order:
+  absolute difference sum_c |t_c - s_c| and logarithmic cost -sum_c t_c log s_c;
+- sequence level: the entropic OT (Sinkhorn) cost between the student's and the teacher's response positions as
+  two point clouds of k-vectors, with L1 ground cost and uniform weights, scaled by the student's length.
+The standardisation, top-k = 50, the Sinkhorn settings and the 0.1 weights follow the authors' released code.
+"""
+
+import torch
+
+from hf_dwakd.baselines.common import ResponseRows, check_pair, first_common, kd_denominator, response_rows
+from hf_dwakd.objective.outputs import SideOutputs
+
+STD_EPSILON = 1e-4  # added to the standard deviation, as in the released code
+
+
+def _holistic_head(rows: ResponseRows, num_examples: int, k: int, temperature: float) -> torch.Tensor:
+    """(N, k) log-probabilities of each example's k columns of largest total probability, largest first."""
+    standardised = rows.logits / (rows.logits.std(dim=-1, keepdim=True) + STD_EPSILON)
+    log_probs = torch.log_softmax(standardised / temperature, dim=-1)
+    totals = log_probs.new_zeros(num_examples, log_probs.shape[-1])
+    totals.index_add_(0, rows.example, log_probs.detach().exp())
+    columns = totals.topk(k, dim=-1).indices
+    return log_probs.gather(1, columns[rows.example])
+
+
+def _pack(values: torch.Tensor, rows: ResponseRows) -> torch.Tensor:
+    """(N, k) rows -> (B, n_max, k), each example's rows first in order, zeros after."""
+    packed = values.new_zeros(rows.lengths.shape[0], int(rows.lengths.max()), values.shape[-1])
+    return packed.index_put((rows.example, rows.rank), values)
+
+
+@torch.no_grad()
+def sinkhorn_plan(
+    cost: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, epsilon: float, iterations: int
+) -> torch.Tensor:
+    """Entropic OT plan (B, n, m) between uniform weights on the valid rows and on the valid columns (masks
+    (B, n), (B, m)), by log-domain Sinkhorn iterations; each example with both sides non-empty sums to 1."""
+    both = rows.any(dim=1) & columns.any(dim=1)
+    rows, columns = rows & both[:, None], columns & both[:, None]
+    log_rows = torch.where(rows, -rows.sum(dim=1, keepdim=True).clamp(min=1).log(), float("-inf"))
+    log_columns = torch.where(columns, -columns.sum(dim=1, keepdim=True).clamp(min=1).log(), float("-inf"))
+    log_kernel = (-cost / epsilon).masked_fill(~(rows[:, :, None] & columns[:, None, :]), float("-inf"))
+    f = torch.zeros_like(log_rows)
+    g = torch.zeros_like(log_columns)
+    for _ in range(iterations):
+        f = torch.where(rows, log_rows - torch.logsumexp(log_kernel + g[:, None, :], dim=2), float("-inf"))
+        g = torch.where(columns, log_columns - torch.logsumexp(log_kernel + f[:, :, None], dim=1), float("-inf"))
+    return (f[:, :, None] + log_kernel + g[:, None, :]).exp()
+
+
+def multilevel_ot_loss(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    *,
+    top_k: int = 50,
+    temperature: float = 1.0,
+    log_weight: float = 0.1,
+    sinkhorn_weight: float = 0.1,
+    sinkhorn_epsilon: float = 0.1,
+    sinkhorn_iterations: int = 20,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MultiLevelOT KD term: (absolute + log_weight * logarithmic + sinkhorn_weight * sequence) summed over the
+    batch, divided by `num_items_in_batch` (student response tokens of the whole batch; None: this batch's
+    count). The student CE is the caller's.
+
+    The sequence term of an example is its Sinkhorn cost times its number of student response tokens, so all
+    three are sums over tokens. The transport plan is computed without gradient (the cost's gradient at the
+    optimum); gradients reach the student logits only.
+    """
+    check_pair(student, teacher)
+    if top_k < 1:
+        raise ValueError(f"multilevel_ot top_k={top_k} must be a positive integer.")
+    if temperature <= 0 or sinkhorn_epsilon <= 0 or sinkhorn_iterations < 1:
+        raise ValueError(
+            f"multilevel_ot needs temperature > 0, sinkhorn_epsilon > 0 and sinkhorn_iterations >= 1; got "
+            f"{temperature}, {sinkhorn_epsilon}, {sinkhorn_iterations}."
+        )
+    num_examples = student.labels.shape[0]
+    k = min(top_k, student.vocab_size, teacher.vocab_size)
+    student_rows, teacher_rows = response_rows(student), response_rows(teacher, detach=True)
+    student_log_head = _holistic_head(student_rows, num_examples, k, temperature)
+    teacher_log_head = _holistic_head(teacher_rows, num_examples, k, temperature)
+    student_head, teacher_head = student_log_head.exp(), teacher_log_head.exp()
+
+    keep_student, keep_teacher = first_common(student_rows, teacher_rows)
+    paired_teacher = teacher_head[keep_teacher]
+    absolute = (paired_teacher - student_head[keep_student]).abs().sum()
+    logarithmic = -(paired_teacher * student_log_head[keep_student]).sum()
+
+    sequence = student_head.new_zeros(())
+    if student_head.shape[0] and teacher_head.shape[0]:
+        student_points, teacher_points = _pack(student_head, student_rows), _pack(teacher_head, teacher_rows)
+        cost = torch.cdist(student_points, teacher_points, p=1)
+        student_valid = torch.arange(student_points.shape[1], device=cost.device) < student_rows.lengths[:, None]
+        teacher_valid = torch.arange(teacher_points.shape[1], device=cost.device) < teacher_rows.lengths[:, None]
+        plan = sinkhorn_plan(cost.detach(), student_valid, teacher_valid, sinkhorn_epsilon, sinkhorn_iterations)
+        sequence = (student_rows.lengths[:, None, None] * plan * cost).sum()
+
+    denominator = kd_denominator(student, num_items_in_batch)
+    kd = (absolute + log_weight * logarithmic + sinkhorn_weight * sequence) / denominator
+    metrics = {
+        "multilevel_ot_absolute": absolute.detach() / denominator,
+        "multilevel_ot_logarithmic": logarithmic.detach() / denominator,
+        "multilevel_ot_sequence": sequence.detach() / denominator,
+    }
+    return kd, metrics
