@@ -299,6 +299,19 @@ def test_splitting_a_batch_changes_neither_loss_nor_gradient():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_an_example_without_response_adds_nothing():
+    student, teacher, projectors = make_inputs(seed=14)
+    num_items = int((student.labels != -100).sum())
+    loss, logged = dwakd_loss(student, teacher, projectors, DWAKDLossOptions(), num_items)
+    empty_student = dataclasses.replace(student, labels=student.labels.clone())
+    empty_teacher = dataclasses.replace(teacher, labels=teacher.labels.clone())
+    empty_student.labels[1], empty_teacher.labels[1] = -100, -100
+    rest, _ = dwakd_loss(_select(student, [0, 2]), _select(teacher, [0, 2]), projectors, DWAKDLossOptions(), num_items)
+    with_empty, _ = dwakd_loss(empty_student, empty_teacher, projectors, DWAKDLossOptions(), num_items)
+    assert torch.isfinite(with_empty) and with_empty.item() == pytest.approx(rest.item(), rel=1e-6)
+    assert with_empty.item() != pytest.approx(loss.item(), rel=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Chunking and memory
 
@@ -543,6 +556,17 @@ def test_bf16_inputs_give_finite_values_and_gradients(projector_dtype, chunk_siz
     assert loss.item() == pytest.approx(reference_loss.item(), rel=0.05)
 
 
+def test_under_bf16_autocast_the_loss_stays_close_to_float32():
+    student, teacher, projectors = make_inputs(seed=15)
+    loss, _ = dwakd_loss(student, teacher, projectors, DWAKDLossOptions())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_loss, logged = dwakd_loss(student, teacher, projectors, DWAKDLossOptions())
+    assert all(value.dtype == torch.float32 for value in logged.values() if value.is_floating_point())
+    assert autocast_loss.item() == pytest.approx(loss.item(), rel=0.02)
+    autocast_loss.backward()
+    assert all(torch.isfinite(parameter.grad).all() for parameter in projectors.parameters())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input
 
@@ -584,6 +608,10 @@ def test_bad_inputs_are_refused_before_any_work():
         dwakd_loss(_select(student, [0, 1]), teacher, projectors, options)
     with pytest.raises(ValueError, match="num_items_in_batch must be"):
         dwakd_loss(student, teacher, projectors, options, 0)
+    with pytest.raises(TypeError, match=r"projectors must be DWAKDProjectors\(8, 12\)"):
+        dwakd_loss(student, teacher, torch.nn.ModuleDict(), options)
+    with pytest.raises(ValueError, match="student.logits must be"):
+        dwakd_loss(dataclasses.replace(student, logits=student.logits[0]), teacher, projectors, options)
     with pytest.raises(TypeError, match="options must be a DWAKDLossOptions"):
         dwakd_loss(student, teacher, projectors, {"ce_weight": 0.5})
     one_sided = teacher.labels.clone()

@@ -51,7 +51,8 @@ def cross_model_attention(student: Responses, teacher: Responses, projectors: nn
     )
     value_s2t = project(projectors.s2t, student.hidden)
 
-    scores = query.float() @ key.transpose(1, 2) / math.sqrt(key.shape[-1])
+    with torch.autocast(query.device.type, enabled=False):  # small (n x m) scores: keep them in float32
+        scores = query.float() @ key.transpose(1, 2) / math.sqrt(key.shape[-1])
     lowest = torch.finfo(scores.dtype).min
     t2s_attention = scores.masked_fill(~teacher.valid[:, None, :], lowest).softmax(dim=-1)
     s2t_attention = scores.transpose(1, 2).masked_fill(~student.valid[:, None, :], lowest).softmax(dim=-1)

@@ -5,11 +5,14 @@ import torch
 from hf_dwakd.objective.options import DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses
+from hf_dwakd.projectors import DWAKDProjectors
 
 
 def check_side(side: SideOutputs, name: str) -> None:
     if not isinstance(side, SideOutputs):
         raise TypeError(f"{name} must be a SideOutputs (see shift_for_next_token), got {type(side).__name__}.")
+    if side.logits.dim() != 3:
+        raise ValueError(f"{name}.logits must be (batch, length, vocabulary), got shape {tuple(side.logits.shape)}.")
     batch, length, width = side.logits.shape
     hidden_size = side.hidden.shape[-1]
     for field in ("hidden", "input_embeds", "target_embeds"):
@@ -32,7 +35,7 @@ def check_side(side: SideOutputs, name: str) -> None:
         )
 
 
-def check_inputs(student: SideOutputs, teacher: SideOutputs, projectors, options) -> None:
+def check_inputs(student: SideOutputs, teacher: SideOutputs, projectors: DWAKDProjectors, options) -> None:
     if not isinstance(options, DWAKDLossOptions):
         raise TypeError(f"options must be a DWAKDLossOptions, got {type(options).__name__}.")
     check_side(student, "student")
@@ -42,6 +45,8 @@ def check_inputs(student: SideOutputs, teacher: SideOutputs, projectors, options
             f"student and teacher batches differ in size ({student.labels.shape[0]} vs {teacher.labels.shape[0]})."
         )
     sizes = (student.hidden.shape[-1], teacher.hidden.shape[-1])
+    if not isinstance(projectors, DWAKDProjectors):
+        raise TypeError(f"projectors must be DWAKDProjectors{sizes}, got {type(projectors).__name__}.")
     if (projectors.student_hidden_size, projectors.teacher_hidden_size) != sizes:
         raise ValueError(
             f"projectors were built for hidden sizes ({projectors.student_hidden_size}, "
