@@ -57,7 +57,9 @@ def check_inputs(student: SideOutputs, teacher: SideOutputs, projectors: DWAKDPr
 
 def check_responses(student: Responses, teacher: Responses) -> None:
     if student.num_tokens == 0:
-        raise ValueError("student.labels have no response position (all -100): there is nothing to train on.")
+        raise ValueError(
+            "student.labels have no response position (all -100): pass batches with at least one response token."
+        )
     mismatch = (student.lengths > 0) != (teacher.lengths > 0)
     if bool(mismatch.any()):
         rows = mismatch.nonzero().flatten().tolist()

@@ -62,8 +62,8 @@ def teacher_space(
 ) -> dict[str, torch.Tensor]:
     """Per teacher response token, from the teacher logits and `s2t_hidden` (N_t, d_t) rows of h_s2t:
 
-    `kd`: divergence of p_s2t from the detached p_t at the temperature (gradient into h_s2t); `correct`: argmax z_s2t ==
-    teacher label; with entropy weighting, `entropy` (H_t at tau = 1, detached).
+    `kd`: divergence of p_s2t from the detached p_t at the temperature (gradient into h_s2t); `correct`:
+    argmax z_s2t == teacher label; with entropy weighting, `entropy` (H_t at tau = 1, detached).
     """
     vocab_size = teacher.vocab_size
 
