@@ -1,0 +1,137 @@
+"""Turn a dataset of prompts and responses into token ids and labels for both the student and the teacher."""
+
+import warnings
+from collections import Counter
+from functools import partial
+
+from .formats import (
+    check_dataset_columns,
+    is_conversational,
+    is_empty,
+    render_conversation,
+    render_strings,
+    split_row,
+)
+from .tokens import tokenize_side
+from .truncation import choose_window, keep_window
+
+EMPTY_COMPLETION = "empty completion"
+TRUNCATED_AWAY = "response truncated away"
+_DROP_DESCRIPTIONS = {
+    EMPTY_COMPLETION: "with an empty completion",
+    TRUNCATED_AWAY: "whose response was entirely truncated away",
+}
+_DROP_COLUMN = "_drop_reason"
+_SIDES = ("", "teacher_")  # column prefixes: student, teacher
+
+
+def prepare_distillation_dataset(
+    dataset, student_tokenizer, teacher_tokenizer, max_length=512, max_prompt_length=256, num_proc=None
+):
+    """Tokenize every row for both models; see `check_dataset_columns` for the formats read.
+
+    Returns a `datasets.Dataset` with list columns `input_ids`, `attention_mask`, `labels` (student) and
+    `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`. Labels are aligned with the input ids (the
+    model shifts them): the token id on response tokens and the final EOS, -100 on the prompt.
+
+    - Plain strings: both models read `prompt + completion`. Conversations: each model renders its own chat
+      template. In DSKD files whose `output` is a list of references, training uses the first.
+    - Response tokens are found from character offsets: a token is a response token iff it carries a completion
+      character (see `tokens.tokenize_side`).
+    - A prompt over `max_prompt_length` tokens keeps its start; then the response is cut to fit `max_length`.
+      Rows whose two sides read the same text are cut at the same characters (see `truncation`).
+    - Rows with an empty completion, or with no response token left after truncation, are dropped and counted in
+      one warning; a `ValueError` is raised when no row is left.
+    """
+    data_format = check_dataset_columns(dataset.column_names)
+    if len(dataset) == 0:
+        raise ValueError("The dataset has no rows.")
+    if not 0 < max_prompt_length < max_length:
+        raise ValueError(
+            f"max_prompt_length ({max_prompt_length}) must be positive and smaller than max_length ({max_length}) "
+            "so that some response fits."
+        )
+    conversational = is_conversational(data_format, dataset.features)
+    for side, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
+        _check_tokenizer(tokenizer, side, conversational)
+
+    encode = partial(
+        _encode_row,
+        data_format=data_format,
+        tokenizers=(student_tokenizer, teacher_tokenizer),
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+    )
+    encoded = dataset.map(
+        encode,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc="Tokenizing for student and teacher",
+    )
+    dropped = Counter(reason for reason in encoded[_DROP_COLUMN] if reason)
+    if dropped:
+        counts = ", ".join(f"{count} {_DROP_DESCRIPTIONS[reason]}" for reason, count in sorted(dropped.items()))
+        report = (
+            f"Dropped {sum(dropped.values())} of {len(dataset)} rows: {counts} "
+            f"(max_length={max_length}, max_prompt_length={max_prompt_length})."
+        )
+        if sum(dropped.values()) == len(dataset):
+            raise ValueError(f"No usable rows. {report}")
+        warnings.warn(report, stacklevel=2)
+        encoded = encoded.filter(lambda reason: not reason, input_columns=_DROP_COLUMN, num_proc=num_proc)
+    return encoded.remove_columns(_DROP_COLUMN)
+
+
+def _check_tokenizer(tokenizer, side, conversational):
+    name = f"The {side} tokenizer ({tokenizer.name_or_path})"
+    if not tokenizer.is_fast:
+        raise ValueError(
+            f"{name} is a slow (Python) tokenizer. Response positions come from character offsets "
+            "(`return_offsets_mapping`), which only fast tokenizers give: load one backed by a `tokenizer.json`, "
+            "e.g. with `AutoTokenizer.from_pretrained(...)`."
+        )
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{name} has no EOS token; set `{side}_tokenizer.eos_token` so responses can end.")
+    if conversational and not tokenizer.chat_template:
+        raise ValueError(
+            f"{name} has no chat template, which conversational rows need. Set one before preparing the data, "
+            f"e.g. `{side}_tokenizer.chat_template = <the Jinja template of that model family's chat version>`, "
+            "or pass prompt-completion strings instead."
+        )
+
+
+def _encode_row(row, index, data_format, tokenizers, max_length, max_prompt_length):
+    prompt, completion = split_row(row, data_format, index)
+    if is_empty(completion):
+        return _dropped(EMPTY_COMPLETION)
+    if isinstance(prompt, str):
+        example = render_strings(prompt, completion)
+        sides = [tokenize_side(tokenizer, example) for tokenizer in tokenizers]
+        window = choose_window(sides, max_length, max_prompt_length)
+        windows = [window, window]
+    else:
+        # Each side renders its own template, so each is cut on its own.
+        sides = [
+            tokenize_side(tokenizer, render_conversation(prompt, completion, tokenizer, side, index))
+            for tokenizer, side in zip(tokenizers, ("student", "teacher"))
+        ]
+        windows = [choose_window([side], max_length, max_prompt_length) for side in sides]
+    if None in windows:
+        return _dropped(TRUNCATED_AWAY)
+
+    columns = {_DROP_COLUMN: ""}
+    for prefix, side, window in zip(_SIDES, sides, windows):
+        input_ids, labels = keep_window(side, window)
+        columns[f"{prefix}input_ids"] = input_ids
+        columns[f"{prefix}attention_mask"] = [1] * len(input_ids)
+        columns[f"{prefix}labels"] = labels
+    return columns
+
+
+def _dropped(reason):
+    columns = {_DROP_COLUMN: reason}
+    for prefix in _SIDES:
+        for name in ("input_ids", "attention_mask", "labels"):
+            columns[f"{prefix}{name}"] = []
+    return columns
