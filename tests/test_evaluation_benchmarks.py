@@ -1,0 +1,166 @@
+"""Benchmark loading: DSKD-format jsonl, the Dolly halves, the Hub loader path, bad input, the shared files."""
+
+import json
+
+import pytest
+
+from conftest import SHARED_DATA, requires_shared_data
+from hf_dwakd.evaluation.benchmarks import (
+    BENCHMARKS,
+    Example,
+    alpaca_prompt,
+    dolly_selection_examples,
+    examples_from_jsonl,
+    load_benchmark,
+    load_records_with_datasets,
+    parse_benchmark_names,
+)
+
+# The two templates exactly as ../shared/data/NOTICE.md and METHOD.md §7 state them.
+WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+    "response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
+    "\n\n### Response:\n"
+)
+WITHOUT_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+
+
+def dolly_record(number):
+    instruction = f"Question number {number}?"
+    return {
+        "instruction": instruction,
+        "prompt": alpaca_prompt(instruction),
+        "input": "",
+        "output": f"Answer {number}.",
+    }
+
+
+def test_prompt_template_matches_the_protocol():
+    assert alpaca_prompt("Sum 2 and 3.") == WITHOUT_INPUT.format(instruction="Sum 2 and 3.")
+    assert alpaca_prompt("Sum them.", "2, 3") == WITH_INPUT.format(instruction="Sum them.", input="2, 3")
+
+
+def test_reads_string_and_list_outputs_and_builds_missing_prompts(tmp_path):
+    write_jsonl(
+        tmp_path / "self-inst" / "test.jsonl",
+        [
+            {"instruction": "Fix the grammar.", "input": "he go home", "output": "He goes home."},
+            {"prompt": "Custom prompt\n", "output": "A string reference."},
+        ],
+    )
+    write_jsonl(tmp_path / "sinst" / "test.jsonl", [{"prompt": "P\n", "output": ["first answer", "second answer"]}])
+    self_inst = load_benchmark("self-inst", tmp_path)
+    assert self_inst.examples == [
+        Example(
+            WITH_INPUT.format(instruction="Fix the grammar.", input="he go home"),
+            ("He goes home.",),
+            "Fix the grammar.",
+            "he go home",
+        ),
+        Example("Custom prompt\n", ("A string reference.",)),
+    ]
+    assert self_inst.source == str(tmp_path / "self-inst" / "test.jsonl")
+    assert load_benchmark("sinst", tmp_path).examples[0].references == ("first answer", "second answer")
+
+
+def test_dolly_evaluates_second_half_selects_on_first_and_drops_training_prompts(tmp_path):
+    dev = [dolly_record(number) for number in range(7)]
+    write_jsonl(tmp_path / "dolly" / "dev.jsonl", dev)
+    # Records 1 (selection half) and 5 (evaluation half) also occur in the training file.
+    write_jsonl(tmp_path / "dolly" / "train.jsonl", [dolly_record(1), dolly_record(5), dolly_record(99)])
+    evaluated = load_benchmark("dolly", tmp_path)
+    assert [example.references[0] for example in evaluated.examples] == ["Answer 3.", "Answer 4.", "Answer 6."]
+    assert evaluated.source.endswith("dev.jsonl lines 4-7")
+    selected = dolly_selection_examples(tmp_path)
+    assert [example.references[0] for example in selected] == ["Answer 0.", "Answer 2."]
+
+
+def test_dolly_test_split_is_used_whole_when_present(tmp_path):
+    write_jsonl(tmp_path / "dolly" / "dev.jsonl", [dolly_record(number) for number in range(4)])
+    write_jsonl(tmp_path / "dolly" / "test.jsonl", [dolly_record(number) for number in range(10, 13)])
+    write_jsonl(tmp_path / "dolly" / "train.jsonl", [dolly_record(11)])
+    evaluated = load_benchmark("dolly", tmp_path)
+    assert [example.references[0] for example in evaluated.examples] == ["Answer 10.", "Answer 12."]
+    assert evaluated.source == str(tmp_path / "dolly" / "test.jsonl")
+
+
+def test_hub_loader_reads_the_same_records_through_datasets(tmp_path):
+    records = [
+        {"prompt": "Q1\n", "instruction": "Q1", "input": "", "output": ["a", "b"]},
+        {"prompt": "Q2\n", "instruction": "Q2", "input": "x", "output": ["c"]},
+    ]
+    path = tmp_path / "valid.jsonl"
+    write_jsonl(path, records)
+    assert load_records_with_datasets("json", str(path)) == records
+    assert set(BENCHMARKS) == {"dolly", "self-inst", "vicuna", "sinst"}
+    assert BENCHMARKS["sinst"].hub_repo == "MiniLLM/sinst" and BENCHMARKS["sinst"].hub_file == "11_/valid.jsonl"
+
+
+def test_unknown_benchmark_names_are_rejected():
+    assert parse_benchmark_names(" dolly, sinst ") == ["dolly", "sinst"]
+    with pytest.raises(ValueError, match="--benchmarks: unknown benchmark.*alpaca.*choose from dolly"):
+        parse_benchmark_names("dolly,alpaca")
+    with pytest.raises(ValueError, match="unknown benchmark 'mmlu'"):
+        load_benchmark("mmlu", ".")
+
+
+def test_missing_file_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vicuna/test.jsonl does not exist; put vicuna/test.jsonl under"):
+        load_benchmark("vicuna", tmp_path)
+    with pytest.raises(ValueError, match="--data_dir is required"):
+        load_benchmark("vicuna", None)
+
+
+def test_malformed_records_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "output": "b"}\n{"prompt": "c"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:2: no `output` field"):
+        examples_from_jsonl(path)
+    path.write_text('{"prompt": "a", "output": "b"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
+        examples_from_jsonl(path)
+    path.write_text('{"output": "b"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="needs a `prompt` or an `instruction`"):
+        examples_from_jsonl(path)
+    path.write_text('{"prompt": "a", "output": []}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        examples_from_jsonl(path)
+
+
+@requires_shared_data
+def test_shared_benchmark_files_load_with_the_stated_counts():
+    counts = {name: load_benchmark(name, SHARED_DATA) for name in BENCHMARKS}
+    assert len(counts["self-inst"].examples) == 242
+    assert len(counts["vicuna"].examples) == 80
+    assert len(counts["sinst"].examples) == 1694
+    assert {len(example.references) for example in counts["sinst"].examples} <= set(range(1, 21))
+    assert max(len(example.references) for example in counts["sinst"].examples) > 1
+
+    # Dolly: 1,000 dev lines, halves of 500; the 10 prompts shared with the training prefix sit on 12 dev
+    # lines (two are repeated), counted here independently of the loader.
+    dev = [json.loads(line) for line in (SHARED_DATA / "dolly" / "dev.jsonl").read_text().splitlines()]
+    train_lines = (SHARED_DATA / "dolly" / "train.jsonl").read_text().splitlines()
+    train_prompts = {json.loads(line)["prompt"] for line in train_lines}
+    overlapping = [index for index, record in enumerate(dev) if record["prompt"] in train_prompts]
+    assert len(dev) == 1000 and len({dev[index]["prompt"] for index in overlapping}) == 10
+    evaluated, selected = counts["dolly"].examples, dolly_selection_examples(SHARED_DATA)
+    assert len(evaluated) == 500 - sum(index >= 500 for index in overlapping) == 496
+    assert len(selected) == 500 - sum(index < 500 for index in overlapping) == 492
+    assert [example.prompt for example in evaluated] == [
+        record["prompt"] for record in dev[500:] if record["prompt"] not in train_prompts
+    ]
+    assert [example.prompt for example in selected] == [
+        record["prompt"] for record in dev[:500] if record["prompt"] not in train_prompts
+    ]
+
+    for benchmark in counts.values():
+        for example in benchmark.examples:
+            assert example.prompt == alpaca_prompt(example.instruction, example.input)
