@@ -1,0 +1,69 @@
+"""Write evaluation outputs: per-model results and predictions, and the paper-style table over all models.
+
+Layout under an output directory:
+
+    <name>/results.json                 this model's scores per benchmark (mean, std, each seed) and settings
+    <name>/predictions/<benchmark>.jsonl one line per (seed, example)
+    results.json                        every model's results.json, keyed by name
+    results.md                          rows: models; columns: benchmarks + Avg
+"""
+
+import json
+from pathlib import Path
+
+from .benchmarks import BENCHMARKS
+
+COLUMN_TITLES = {"dolly": "Dolly", "self-inst": "Self-Inst", "vicuna": "Vicuna", "sinst": "S-NI"}
+
+
+def model_results(name, settings_record, benchmark_results):
+    """The JSON record of one model: its settings, each benchmark's summary, and the average of the means."""
+    benchmarks = {result.name: result.summary() for result in benchmark_results}
+    average = sum(entry["mean"] for entry in benchmarks.values()) / len(benchmarks)
+    return {"name": name, **settings_record, "benchmarks": benchmarks, "average": average}
+
+
+def write_model_outputs(model_dir, results, benchmark_results):
+    """`results.json` and `predictions/<benchmark>.jsonl` for one model."""
+    model_dir = Path(model_dir)
+    (model_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    (model_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for result in benchmark_results:
+        with open(model_dir / "predictions" / f"{result.name}.jsonl", "w", encoding="utf-8") as handle:
+            for record in result.predictions:
+                handle.write(json.dumps(record) + "\n")
+
+
+def collect_results(output_dir):
+    """Every model's `<name>/results.json` under `output_dir`, sorted by name (other JSON files are skipped)."""
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(Path(output_dir).glob("*/results.json"))]
+    return [record for record in records if isinstance(record, dict) and "benchmarks" in record]
+
+
+def markdown_table(all_results):
+    """Rows: models; columns: the benchmarks any model has (in the paper's order) + Avg, as `mean ± std`.
+
+    Avg is the mean of the row's benchmark means, shown only when the row has every column.
+    """
+    columns = [name for name in BENCHMARKS if any(name in results["benchmarks"] for results in all_results)]
+    lines = [
+        "| Model | " + " | ".join(COLUMN_TITLES[name] for name in columns) + " | Avg |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for results in all_results:
+        scores = results["benchmarks"]
+        cells = [
+            f"{scores[name]['mean']:.2f} ± {scores[name]['std']:.2f}" if name in scores else "–" for name in columns
+        ]
+        average = f"{results['average']:.2f}" if all(name in scores for name in columns) else "–"
+        lines.append(f"| {results['name']} | " + " | ".join(cells) + f" | {average} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(output_dir):
+    """Rebuild `results.md` and `results.json` at the top of `output_dir` from every model evaluated there."""
+    all_results = collect_results(output_dir)
+    output_dir = Path(output_dir)
+    (output_dir / "results.md").write_text(markdown_table(all_results), encoding="utf-8")
+    combined = {results["name"]: results for results in all_results}
+    (output_dir / "results.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
