@@ -123,5 +123,7 @@ def test_bad_input_is_refused():
         uld_loss(student, teacher, top_k=0)
     with pytest.raises(ValueError, match="teacher.vocab_size"):
         uld_loss(student, make_side(torch.randn(1, 4, 2), TEACHER_LABELS, vocab_size=5))
+    with pytest.raises(ValueError, match="num_items_in_batch"):
+        uld_loss(student, teacher, 0)
     with pytest.raises(ValueError, match="same examples"):
         uld_loss(student, make_side(torch.randn(2, 4, 2), TEACHER_LABELS * 2))

@@ -9,21 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+from hf_dwakd.objective.checks import check_side
 from hf_dwakd.objective.outputs import SideOutputs
 
 
 def check_pair(student: SideOutputs, teacher: SideOutputs) -> None:
-    for name, side in (("student", student), ("teacher", teacher)):
-        if side.logits.shape[:2] != side.labels.shape:
-            raise ValueError(
-                f"{name}.logits is {tuple(side.logits.shape)} but {name}.labels is {tuple(side.labels.shape)}; "
-                "build both with shift_for_next_token so they cover the same positions."
-            )
-        if side.vocab_size > side.logits.shape[-1]:
-            raise ValueError(
-                f"{name}.vocab_size={side.vocab_size} exceeds the {side.logits.shape[-1]} logit columns; "
-                "set it to len(tokenizer) of that model."
-            )
+    check_side(student, "student")
+    check_side(teacher, "teacher")
     if student.labels.shape[0] != teacher.labels.shape[0]:
         raise ValueError(
             f"student has {student.labels.shape[0]} examples and teacher {teacher.labels.shape[0]}; "
@@ -35,6 +27,10 @@ def kd_denominator(student: SideOutputs, num_items_in_batch) -> torch.Tensor | i
     """`num_items_in_batch`, or, when None, this batch's number of student response tokens (at least 1)."""
     if num_items_in_batch is None:
         return student.response_mask.sum().clamp(min=1)
+    if not float(num_items_in_batch) > 0:
+        raise ValueError(
+            f"num_items_in_batch must be the number of student response tokens (> 0), got {num_items_in_batch!r}."
+        )
     return num_items_in_batch
 
 
