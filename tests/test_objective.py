@@ -542,8 +542,7 @@ def test_a_student_identical_to_the_teacher(student_tokenizer):
     assert logged["kd_student"].abs() < 1e-6
 
 
-@pytest.mark.parametrize("projector_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("projector_dtype, chunk_size", [(torch.float32, None), (torch.bfloat16, 3)], ids=str)
 def test_bf16_inputs_give_finite_values_and_gradients(projector_dtype, chunk_size):
     student, teacher, projectors = make_inputs(seed=13, dtype=torch.bfloat16)
     projectors.to(projector_dtype)
