@@ -1,0 +1,423 @@
+"""`DWAKDTrainer`: TRL's `SFTTrainer` with a frozen teacher of another tokenizer and the DWA-KD objective.
+
+The trainer only wires things together: the two-tokenizer data pipeline (`data.py`), the projectors
+(`projectors.py`), the objective (`objective/`). The projectors are registered inside the student module so that
+DDP all-reduces them and DeepSpeed steps them; they are saved beside the student as `projectors.safetensors`.
+"""
+
+import contextlib
+import os
+import textwrap
+import warnings
+
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl import SFTTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+
+from .config import DWAKDConfig
+from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .objective import DWAKDLossOptions, dwakd_loss, shift_for_next_token
+from .projectors import DWAKDProjectors
+
+PROJECTORS_NAME = "projectors.safetensors"
+PROJECTORS_ATTRIBUTE = "dwakd_projectors"
+DISTILLATION_COLUMNS = [
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "teacher_input_ids",
+    "teacher_attention_mask",
+    "teacher_labels",
+]
+# Loss components normalised by `num_items_in_batch` (token sums); the other metrics are means.
+TOKEN_SUM_METRICS = {"ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed"}
+
+
+class DWAKDTrainer(SFTTrainer):
+    """Distil `teacher_model` into `model` across different tokenizers with DWA-KD (arXiv 2602.21669).
+
+    Takes `SFTTrainer`'s arguments plus:
+        teacher_model (`PreTrainedModel` or `str`, *optional*): the frozen teacher, or its name (default:
+            `args.teacher_model_name_or_path`).
+        teacher_processing_class (`PreTrainedTokenizerBase`, *optional*): the teacher's tokenizer (default:
+            `args.teacher_tokenizer_name_or_path`, then the teacher's name).
+    Datasets may be prompt-completion, conversational or DSKD jsonl (`prompt`, `output`); each example is tokenized
+    by both tokenizers.
+    """
+
+    _tag_names = ["trl", "dwa-kd", "distillation"]
+    _name = "DWA-KD"
+    _paper = {
+        "title": "DWA-KD: Dual-Space Weighting and Time-Warped Alignment for Cross-Tokenizer Knowledge Distillation",
+        "id": "2602.21669",
+        "citation": textwrap.dedent("""\
+            @inproceedings{vu2026dwakd,
+                title     = {{DWA-KD: Dual-Space Weighting and Time-Warped Alignment for Cross-Tokenizer Knowledge Distillation}},
+                author    = {Vu and Chi and Van and Ngo Van and Dinh and Le},
+                booktitle = {Findings of the Association for Computational Linguistics: EACL 2026},
+                year      = 2026,
+                eprint    = {2602.21669},
+                archivePrefix = {arXiv},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: DWAKDConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        teacher_processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        preprocess_logits_for_metrics=None,
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = DWAKDConfig(f"{str(name).split('/')[-1]}-DWAKD")
+        elif not isinstance(args, DWAKDConfig):
+            raise TypeError(f"`args` must be a DWAKDConfig, got {type(args).__name__}: build one with DWAKDConfig(...).")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required.")
+
+        # Everything cheap is checked before any model or tokenizer is loaded.
+        teacher_model = _resolve_teacher_argument(teacher_model, args)
+        datasets = {"train_dataset": train_dataset, **_as_dict(eval_dataset)}
+        for dataset in datasets.values():
+            check_dataset_columns(dataset.column_names)
+        if peft_config is not None and _is_peft_model(model):
+            raise ValueError(
+                "You passed a `PeftModel` together with a `peft_config`: pass the base model with the `peft_config`, "
+                "or the `PeftModel` without one."
+            )
+
+        student_tokenizer = processing_class or _load_tokenizer(_name_of(model), "student", "processing_class")
+        if not args.needs_teacher:
+            teacher_tokenizer = student_tokenizer
+        else:
+            teacher_tokenizer = teacher_processing_class or _load_tokenizer(
+                args.teacher_tokenizer_name_or_path or _name_of(teacher_model),
+                "teacher",
+                "teacher_processing_class` or `teacher_tokenizer_name_or_path",
+            )
+        for role, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
+            _ensure_pad_token(tokenizer, role)
+
+        prepare = dict(
+            student_tokenizer=student_tokenizer,
+            teacher_tokenizer=teacher_tokenizer,
+            max_length=args.max_length,
+            max_prompt_length=args.max_prompt_length,
+            num_proc=args.dataset_num_proc,
+        )
+        train_dataset = prepare_distillation_dataset(train_dataset, **prepare)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: prepare_distillation_dataset(ds, **prepare) for key, ds in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = prepare_distillation_dataset(eval_dataset, **prepare)
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        if data_collator is None:
+            data_collator = DistillationCollator(
+                student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id, args.pad_to_multiple_of
+            )
+
+        if isinstance(teacher_model, str):
+            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, **_teacher_init_kwargs(args))
+
+        super().__init__(
+            model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=student_tokenizer,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            peft_config=peft_config,
+        )
+        self.teacher_processing_class = teacher_tokenizer
+        self.student_vocab_size = len(student_tokenizer)
+        self.teacher_vocab_size = len(teacher_tokenizer)
+        # Our loss is already normalised by the accumulated token count; make Trainer count them and not rescale.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+
+        self.teacher_model = None
+        if teacher_model is not None:
+            teacher_model.requires_grad_(False)
+            teacher_model.eval()
+            self.teacher_model = self._prepare_teacher(teacher_model)
+            self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
+
+    # ---- setup -------------------------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher_model):
+        """Place the teacher like the student: sharded under ZeRO-3/FSDP, replicated otherwise."""
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(teacher_model, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(teacher_model, self.accelerator)
+        return self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+
+    def _attach_projectors(self, teacher_hidden_size):
+        student_hidden_size = self.model.config.get_text_config().hidden_size
+        reference = next(self.model.parameters())
+        projectors = DWAKDProjectors(student_hidden_size, teacher_hidden_size)
+        projectors.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+        self.model.add_module(PROJECTORS_ATTRIBUTE, projectors)
+
+    @property
+    def projectors(self) -> DWAKDProjectors | None:
+        return getattr(self.accelerator.unwrap_model(self.model), PROJECTORS_ATTRIBUTE, None)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = list(DISTILLATION_COLUMNS)
+
+    def create_optimizer(self, model=None):
+        """TRL/Trainer's optimizer, with the projectors moved into their own group at `projector_learning_rate`."""
+        optimizer = super().create_optimizer(model)
+        projectors = self.projectors
+        if projectors is None or any(group.get("dwakd_projectors") for group in optimizer.param_groups):
+            return optimizer
+        projector_params = {id(p) for p in projectors.parameters()}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in projector_params]
+        optimizer.add_param_group(
+            {
+                "params": list(projectors.parameters()),
+                "lr": self.args.projector_learning_rate,
+                "weight_decay": 0.0,
+                "dwakd_projectors": True,
+            }
+        )
+        return optimizer
+
+    # ---- loss --------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        student = self._side_outputs(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], self.student_vocab_size
+        )
+        with torch.no_grad():
+            teacher = self._side_outputs(
+                self.teacher_model,
+                inputs["teacher_input_ids"],
+                inputs["teacher_attention_mask"],
+                inputs["teacher_labels"],
+                self.teacher_vocab_size,
+            )
+        options = self._loss_options()
+        loss, metrics = dwakd_loss(student, teacher, self.projectors, options, num_items_in_batch)
+
+        # Like `Trainer.compute_loss`: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
+        scale = 1
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            scale = self.accelerator.num_processes
+        loss = loss * scale
+        self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
+        if options.dtw:
+            self._metrics[mode]["dtw_gamma"].append(options.gamma)
+        return (loss, student) if return_outputs else loss
+
+    def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size):
+        unwrapped = self.accelerator.unwrap_model(model)
+        with _captured_output(unwrapped.get_input_embeddings()) as embeddings:
+            outputs = model(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+            )
+        return shift_for_next_token(
+            outputs.logits,
+            outputs.hidden_states[-1],
+            embeddings[0],
+            labels,
+            unwrapped.get_output_embeddings().weight,
+            vocab_size,
+        )
+
+    def _loss_options(self) -> DWAKDLossOptions:
+        args = self.args
+        return DWAKDLossOptions(
+            ce_weight=args.ce_weight,
+            kd_weight=args.kd_weight,
+            dtw_weight=args.dtw_weight,
+            temperature=args.kd_temperature,
+            divergence=args.kd_divergence,
+            skew=args.kd_skew,
+            entropy_weighting=args.use_entropy_weighting,
+            teacher_gate=args.use_teacher_gate,
+            dtw=args.use_dtw and args.dtw_weight > 0,
+            dtw_band=args.use_dtw_band,
+            dtw_hidden=args.use_dtw_hidden,
+            dtw_embed=args.use_dtw_embed,
+            gamma=args.dtw_gamma_at(self.state.global_step),
+            band_base=args.dtw_band_base,
+            band_beta=args.dtw_band_beta,
+            band_alpha=args.dtw_band_alpha,
+            band_penalty=args.dtw_band_penalty,
+            chunk_size=args.kd_chunk_size,
+            dtw_backend=args.dtw_backend,
+        )
+
+    def _record_metrics(self, mode, metrics, token_sum_scale):
+        """Queue each component for `log()`: averaged over the logging window and across processes.
+
+        A token-sum component of one micro-batch is a share of its optimizer step's value; scaling it by the number
+        of accumulation steps (and processes) makes the window average equal the per-step value, like the loss.
+        """
+        for key, value in metrics.items():
+            if key in TOKEN_SUM_METRICS and token_sum_scale is not None:
+                value = value * token_sum_scale
+                if mode == "train":
+                    value = value * self.current_gradient_accumulation_steps
+            value = self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean()
+            self._metrics[mode][key].append(value.item())
+
+    # ---- saving and loading ------------------------------------------------------------------------------------
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Save the student (or adapter) and tokenizer as `SFTTrainer` does, and the projectors beside them."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        prefix = f"{PROJECTORS_ATTRIBUTE}."
+        projector_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        student_state = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+        super()._save(output_dir, state_dict=student_state)
+        if self.args.should_save and projector_state:
+            projector_state = {k: v.detach().cpu().contiguous() for k, v in projector_state.items()}
+            save_file(projector_state, os.path.join(output_dir, PROJECTORS_NAME), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_projectors(resume_from_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result):
+        # The student's weights file holds no projectors: `_load_projectors` restores them from their own file.
+        prefix = f"{PROJECTORS_ATTRIBUTE}."
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if not key.startswith(prefix)]
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_best_model(self):
+        super()._load_best_model()
+        self._load_projectors(self.state.best_model_checkpoint)
+
+    def _load_projectors(self, checkpoint_dir):
+        path = os.path.join(checkpoint_dir, PROJECTORS_NAME)
+        if self.projectors is None:
+            return
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint holds no projectors, so resuming would restart them from random. "
+                "Resume from a checkpoint written by DWAKDTrainer."
+            )
+        self.projectors.load_state_dict(load_file(path, device=str(next(self.projectors.parameters()).device)))
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.teacher_model is None or not self.is_world_process_zero():
+            return
+        teacher_name = self.accelerator.unwrap_model(self.teacher_model).config._name_or_path
+        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
+            card.write(f"\n## Teacher\n\nDistilled with DWA-KD from the teacher model `{teacher_name}`.\n")
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _captured_output(module):
+    """Collect `module`'s forward outputs: the embeddings as the forward computes them (also under ZeRO-3)."""
+    captured = []
+    handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _resolve_teacher_argument(teacher_model, args):
+    if not args.needs_teacher:
+        if teacher_model is not None:
+            warnings.warn(f"kd_method={args.kd_method!r} uses no teacher; the `teacher_model` passed is ignored.")
+        return None
+    if teacher_model is not None and not isinstance(teacher_model, str) and args.teacher_model_init_kwargs:
+        raise ValueError(
+            "`teacher_model_init_kwargs` only applies when the teacher is loaded from a name, but `teacher_model` is "
+            "already built: drop `teacher_model_init_kwargs` or pass the teacher's name."
+        )
+    teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+    if teacher_model is None:
+        raise ValueError(
+            f"kd_method={args.kd_method!r} needs a teacher: pass `teacher_model=` to DWAKDTrainer or set "
+            "`teacher_model_name_or_path` in DWAKDConfig."
+        )
+    return teacher_model
+
+
+def _teacher_init_kwargs(args):
+    kwargs = dict(args.teacher_model_init_kwargs or {})
+    dtype = kwargs.get("dtype")
+    if isinstance(dtype, str) and dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return kwargs
+
+
+def _load_tokenizer(name, role, argument):
+    if name is None:
+        raise ValueError(f"Cannot tell which tokenizer the {role} uses: pass `{argument}`.")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"No tokenizer found for the {role} at {name!r} ({error}). Pass `{argument}` with the {role}'s tokenizer."
+        ) from error
+
+
+def _ensure_pad_token(tokenizer, role):
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            f"The {role} tokenizer ({tokenizer.name_or_path}) has neither a pad nor an EOS token: set "
+            "`tokenizer.pad_token` before building the trainer."
+        )
+    warnings.warn(
+        f"The {role} tokenizer ({tokenizer.name_or_path}) has no pad token; using its EOS token "
+        f"{tokenizer.eos_token!r} for padding (padding is masked out of every loss)."
+    )
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def _name_of(model):
+    if model is None or isinstance(model, str):
+        return model
+    return getattr(model.config, "_name_or_path", None) or None
+
+
+def _as_dict(eval_dataset):
+    if eval_dataset is None:
+        return {}
+    if isinstance(eval_dataset, dict):
+        return {f"eval_dataset[{key!r}]": dataset for key, dataset in eval_dataset.items()}
+    return {"eval_dataset": eval_dataset}
+
+
+def _is_peft_model(model):
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)

@@ -1,0 +1,332 @@
+"""DWAKDTrainer end to end on tiny random models with the two real fixture tokenizers."""
+
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from safetensors.torch import load_file
+
+from hf_dwakd import DWAKDConfig, DWAKDTrainer
+from hf_dwakd.trainer import PROJECTORS_NAME
+
+from conftest import load_tokenizer, tiny_causal_lm
+
+COMPONENTS = ["ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed"]
+
+ROWS = [
+    {"prompt": "### Instruction:\nName a colour.\n\n### Response:\n", "completion": "Blue, like the sky."},
+    {"prompt": "### Instruction:\nAdd 2 and 3.\n\n### Response:\n", "completion": "2 + 3 = 5"},
+    {"prompt": "### Instruction:\nSay hello in Chinese.\n\n### Response:\n", "completion": "你好！"},
+    {"prompt": "### Instruction:\nWrite a Python function.\n\n### Response:\n", "completion": "def f(x):\n    return x"},
+    {"prompt": "### Instruction:\nGive an emoji.\n\n### Response:\n", "completion": "Here you go: 🙂"},
+    {"prompt": "### Instruction:\nWhat is DTW?\n\n### Response:\n", "completion": "Dynamic time warping."},
+    {"prompt": "### Instruction:\nCount to three.\n\n### Response:\n", "completion": "one, two, three"},
+    {"prompt": "### Instruction:\nOpposite of up?\n\n### Response:\n", "completion": "Down."},
+]
+
+
+def make_config(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+        dataloader_num_workers=0,
+        max_length=64,
+        max_prompt_length=32,
+        dtw_backend="reference",
+    )
+    defaults.update(overrides)
+    return DWAKDConfig(**defaults)
+
+
+def make_trainer(tmp_path, student_family="llama", peft_config=None, rows=ROWS, **overrides):
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student = tiny_causal_lm(student_tokenizer, family=student_family, hidden_size=16, seed=1)
+    teacher = tiny_causal_lm(teacher_tokenizer, family="llama", hidden_size=24, seed=2)
+    return DWAKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_config(tmp_path, **overrides),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def clone_parameters(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def test_full_finetuning_logs_every_component_and_updates_projectors(tmp_path):
+    trainer = make_trainer(tmp_path)
+    projectors_before = clone_parameters(trainer.projectors)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3
+    for entry in logged:
+        for key in COMPONENTS:
+            assert key in entry and entry[key] == entry[key], key  # present and not NaN
+    assert "train_loss" in trainer.state.log_history[-1]
+    for name, before in projectors_before.items():
+        assert not torch.equal(before, trainer.projectors.state_dict()[name]), name
+
+
+def test_projectors_have_their_own_learning_rate(tmp_path):
+    trainer = make_trainer(tmp_path, projector_learning_rate=3e-3, max_steps=1)
+    trainer.create_optimizer()
+    groups = trainer.optimizer.param_groups
+    projector_group = [g for g in groups if g.get("dwakd_projectors")]
+    assert len(projector_group) == 1 and projector_group[0]["lr"] == 3e-3
+    projector_ids = {id(p) for p in trainer.projectors.parameters()}
+    assert {id(p) for p in projector_group[0]["params"]} == projector_ids
+    others = {id(p) for g in groups if not g.get("dwakd_projectors") for p in g["params"]}
+    assert not others & projector_ids and others
+
+
+def test_lora_trains_adapter_and_projectors_but_not_base_weights(tmp_path):
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(tmp_path, peft_config=lora, gradient_checkpointing=True)
+    assert isinstance(trainer.model, PeftModel)
+    before = clone_parameters(trainer.model)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    changed = {name for name, p in before.items() if not torch.equal(p, after[name].detach())}
+    assert any("lora_B" in name for name in changed)
+    assert any("dwakd_projectors" in name for name in changed)
+    assert all("lora_" in name or "dwakd_projectors" in name for name in changed), changed
+    assert all(p.requires_grad for p in trainer.projectors.parameters())
+
+
+def test_gradient_accumulation_gives_the_same_loss_and_update(tmp_path):
+    common = dict(max_steps=2, learning_rate=1e-3, projector_learning_rate=1e-3)
+    whole = make_trainer(tmp_path / "a", per_device_train_batch_size=2, gradient_accumulation_steps=1, **common)
+    split = make_trainer(tmp_path / "b", per_device_train_batch_size=1, gradient_accumulation_steps=2, **common)
+    whole.train()
+    split.train()
+    losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (whole, split)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    for key in COMPONENTS:
+        a = [e[key] for e in whole.state.log_history if key in e]
+        b = [e[key] for e in split.state.log_history if key in e]
+        assert a == pytest.approx(b, abs=1e-5), key
+    split_params = dict(split.model.named_parameters())
+    for name, p in whole.model.named_parameters():
+        torch.testing.assert_close(p, split_params[name], atol=1e-5, rtol=0)
+
+
+def test_checkpoint_and_save_model_files(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    files = set(os.listdir(checkpoint))
+    assert {PROJECTORS_NAME, "model.safetensors", "config.json", "tokenizer.json", "optimizer.pt"} <= files
+    weights = load_file(checkpoint / "model.safetensors")
+    assert not any(key.startswith("dwakd_projectors") for key in weights)
+    projectors = load_file(checkpoint / PROJECTORS_NAME)
+    for name, value in trainer.projectors.state_dict().items():
+        torch.testing.assert_close(projectors[name], value)
+
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    assert {PROJECTORS_NAME, "model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(final))
+    reloaded = type(trainer.model).from_pretrained(final)
+    torch.testing.assert_close(
+        reloaded.get_input_embeddings().weight, trainer.model.get_input_embeddings().weight
+    )
+
+
+def test_resume_restores_projectors_and_their_optimizer_state(tmp_path):
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    straight = make_trainer(tmp_path / "straight", **common)
+    straight.train()
+
+    resumed = make_trainer(tmp_path / "resumed", **common)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "out" / "checkpoint-2"))
+
+    def loss_at(trainer, step):
+        return next(e["loss"] for e in trainer.state.log_history if e.get("step") == step and "loss" in e)
+
+    assert loss_at(resumed, 4) == pytest.approx(loss_at(straight, 4), abs=1e-6)
+    for name, value in straight.projectors.state_dict().items():
+        torch.testing.assert_close(resumed.projectors.state_dict()[name], value, atol=1e-6, rtol=0)
+
+
+def test_resume_without_projectors_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    os.remove(checkpoint / PROJECTORS_NAME)
+    again = make_trainer(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    with pytest.raises(FileNotFoundError, match="projectors"):
+        again.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_push_to_hub_uploads_student_tokenizer_card_and_never_the_teacher(tmp_path, monkeypatch):
+    import transformers.trainer as hf_trainer
+
+    uploads = []
+
+    class FakeHubApi:
+        def upload_folder(self, folder_path, ignore_patterns=(), **kwargs):
+            import fnmatch
+
+            names = sorted(
+                name
+                for name in os.listdir(folder_path)
+                if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns)
+            )
+            uploads.append((kwargs["repo_id"], names, open(os.path.join(folder_path, "README.md")).read()))
+
+    monkeypatch.setattr(hf_trainer, "hf_api", lambda: FakeHubApi())
+    monkeypatch.setattr(DWAKDTrainer, "init_hf_repo", lambda self, token=None, private=None: None)
+    trainer = make_trainer(tmp_path, max_steps=1, hub_model_id="someone/tiny-student")
+    trainer.hub_model_id = "someone/tiny-student"
+    trainer.train()
+    trainer.push_to_hub()
+
+    (repo_id, names, card), = uploads
+    assert repo_id == "someone/tiny-student"
+    assert set(names) == {
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        PROJECTORS_NAME,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_args.bin",
+    }
+    for tag in ("trl", "dwa-kd", "distillation"):
+        assert tag in card
+    assert "2602.21669" in card
+    assert "Teacher" in card
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(kd_method="nope"), "kd_method"),
+        (dict(ce_weight=0.0, kd_weight=0.0, dtw_weight=0.0), "all 0"),
+        (dict(use_liger_kernel=True), "use_liger_kernel"),
+        (dict(kd_divergence="kl"), "kd_divergence"),
+        (dict(dtw_gamma=0.0), "dtw_gamma"),
+        (dict(dtw_gamma_end=0.1), "dtw_gamma_anneal_steps"),
+        (dict(dtw_band_alpha=1.5), "dtw_band_alpha"),
+        (dict(max_prompt_length=64, max_length=64), "max_prompt_length"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, **overrides)
+
+
+def test_gamma_annealing_is_linear(tmp_path):
+    config = make_config(tmp_path, dtw_gamma=2.0, dtw_gamma_end=0.5, dtw_gamma_anneal_steps=3)
+    assert [config.dtw_gamma_at(step) for step in (0, 1, 3, 10)] == pytest.approx([2.0, 1.5, 0.5, 0.5])
+
+
+class TestErrorsBeforeExpensiveWork:
+    def test_no_teacher(self, tmp_path):
+        tokenizer = load_tokenizer("gpt2")
+        with pytest.raises(ValueError, match="teacher_model_name_or_path"):
+            DWAKDTrainer(
+                model=tiny_causal_lm(tokenizer),
+                args=make_config(tmp_path),
+                train_dataset=Dataset.from_list(ROWS),
+                processing_class=tokenizer,
+            )
+
+    def test_teacher_init_kwargs_with_a_built_teacher(self, tmp_path):
+        tokenizer = load_tokenizer("gpt2")
+        with pytest.raises(ValueError, match="teacher_model_init_kwargs"):
+            DWAKDTrainer(
+                model=tiny_causal_lm(tokenizer),
+                teacher_model=tiny_causal_lm(tokenizer),
+                args=make_config(tmp_path, teacher_model_init_kwargs='{"dtype": "float32"}'),
+                train_dataset=Dataset.from_list(ROWS),
+                processing_class=tokenizer,
+            )
+
+    def test_teacher_tokenizer_not_found(self, tmp_path):
+        tokenizer = load_tokenizer("gpt2")
+        teacher = tiny_causal_lm(load_tokenizer("llama2"))
+        teacher.config._name_or_path = str(tmp_path / "no-such-teacher")
+        with pytest.raises(ValueError, match="teacher_processing_class"):
+            DWAKDTrainer(
+                model=tiny_causal_lm(tokenizer),
+                teacher_model=teacher,
+                args=make_config(tmp_path),
+                train_dataset=Dataset.from_list(ROWS),
+                processing_class=tokenizer,
+            )
+
+    def test_bad_dataset_columns_before_any_model_loads(self, tmp_path):
+        with pytest.raises(ValueError, match="question"):
+            DWAKDTrainer(
+                model=str(tmp_path / "not-loaded"),
+                teacher_model=str(tmp_path / "not-loaded-either"),
+                args=make_config(tmp_path),
+                train_dataset=Dataset.from_list([{"question": "q", "answer": "a"}]),
+            )
+
+    def test_peft_model_with_peft_config(self, tmp_path):
+        from peft import get_peft_model
+
+        lora = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
+        tokenizer = load_tokenizer("gpt2")
+        with pytest.raises(ValueError, match="PeftModel"):
+            DWAKDTrainer(
+                model=get_peft_model(tiny_causal_lm(tokenizer), lora),
+                teacher_model=tiny_causal_lm(load_tokenizer("llama2")),
+                args=make_config(tmp_path),
+                train_dataset=Dataset.from_list(ROWS),
+                processing_class=tokenizer,
+                peft_config=lora,
+            )
+
+    def test_missing_pad_token_falls_back_to_eos_with_a_warning(self, tmp_path):
+        from transformers import AutoTokenizer
+
+        from conftest import TOKENIZERS
+
+        student_tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "gpt2")
+        assert student_tokenizer.pad_token is None
+        teacher_tokenizer = load_tokenizer("llama2")
+        with pytest.warns(UserWarning, match="no pad token"):
+            trainer = DWAKDTrainer(
+                model=tiny_causal_lm(load_tokenizer("gpt2")),
+                teacher_model=tiny_causal_lm(teacher_tokenizer),
+                args=make_config(tmp_path),
+                train_dataset=Dataset.from_list(ROWS),
+                processing_class=student_tokenizer,
+                teacher_processing_class=teacher_tokenizer,
+            )
+        assert trainer.processing_class.pad_token == "<|endoftext|>"
+
+
+def test_same_tokenizer_with_padded_vocabulary(tmp_path):
+    tokenizer = load_tokenizer("gpt2")
+    student = tiny_causal_lm(tokenizer, hidden_size=16, vocab_size=len(tokenizer) + 47, seed=3)
+    teacher = tiny_causal_lm(tokenizer, hidden_size=24, seed=4)
+    trainer = DWAKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_config(tmp_path, max_steps=2),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        teacher_processing_class=tokenizer,
+    )
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
