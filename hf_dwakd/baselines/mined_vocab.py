@@ -20,7 +20,7 @@ from hf_dwakd.baselines.token_text import TokenTexts, token_texts
 
 MAP_FORMAT = "mined-vocab-map-v1"  # part of the cache key: change it when the construction changes
 ROLES = ("eos_token_id", "bos_token_id", "unk_token_id", "pad_token_id")
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hf_dwakd" / "mined"
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_dwakd" / "mined"
 
 
 def _role_ids(tokenizer) -> list:
