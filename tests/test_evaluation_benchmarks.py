@@ -7,6 +7,7 @@ import pytest
 from conftest import SHARED_DATA, requires_shared_data
 from hf_dwakd.evaluation.benchmarks import (
     BENCHMARKS,
+    BenchmarkSource,
     Example,
     alpaca_prompt,
     dolly_selection_examples,
@@ -102,6 +103,17 @@ def test_hub_loader_reads_the_same_records_through_datasets(tmp_path):
     assert load_records_with_datasets("json", str(path)) == records
     assert set(BENCHMARKS) == {"dolly", "self-inst", "vicuna", "sinst"}
     assert BENCHMARKS["sinst"].hub_repo == "MiniLLM/sinst" and BENCHMARKS["sinst"].hub_file == "11_/valid.jsonl"
+
+
+def test_hub_branch_runs_through_datasets_on_a_local_json_file(tmp_path, monkeypatch):
+    # The real entries name MiniLLM's Hub repositories; here the same code path reads a local file via "json".
+    hub_copy = tmp_path / "hub" / "valid.jsonl"
+    write_jsonl(hub_copy, [dolly_record(number) for number in range(3)])
+    write_jsonl(tmp_path / "data" / "dolly" / "train.jsonl", [dolly_record(2)])
+    monkeypatch.setitem(BENCHMARKS, "dolly", BenchmarkSource("dolly/dev.jsonl", "json", str(hub_copy)))
+    benchmark = load_benchmark("dolly", tmp_path / "data", from_hub=True)
+    assert [example.references[0] for example in benchmark.examples] == ["Answer 0.", "Answer 1."]
+    assert benchmark.source == f"hf://datasets/json/{hub_copy}"
 
 
 def test_unknown_benchmark_names_are_rejected():

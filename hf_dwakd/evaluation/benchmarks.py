@@ -16,6 +16,9 @@ Dolly: without `dolly/test.jsonl`, `dolly` is the second half of `dolly/dev.json
 len//2+1 .. len, one-based) and model selection uses the first half (`dolly_selection_examples`), so nothing
 evaluated is ever selected on. Either way every example whose prompt also occurs in `dolly/train.jsonl`
 is left out.
+
+With `from_hub` the files come from MiniLLM's Hub dataset repositories (`BENCHMARKS`) through
+`datasets.load_dataset`; there `dolly` is the paper's 500-example test split.
 """
 
 import json
