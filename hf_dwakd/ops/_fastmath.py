@@ -70,11 +70,11 @@ def _exact_log(x):
 _JIT_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}
 
 
-@overload(exp_nonpositive, inline="always", jit_options=_JIT_OPTIONS)
+@overload(exp_nonpositive, jit_options=_JIT_OPTIONS)
 def _overload_exp_nonpositive(x):
     return _exp_nonpositive_float32 if x == types.float32 else _exact_exp_nonpositive
 
 
-@overload(log_one_to_three, inline="always", jit_options=_JIT_OPTIONS)
+@overload(log_one_to_three, jit_options=_JIT_OPTIONS)
 def _overload_log_one_to_three(x):
     return _log_one_to_three_float32 if x == types.float32 else _exact_log
