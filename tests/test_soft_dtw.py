@@ -93,6 +93,28 @@ def test_values_and_gradients_match_reference_on_ragged_batch(backend, gamma, dt
     assert grad.dtype == torch.float64 and values.shape == (5,)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_ragged_rows_match_reference(backend, dtype):
+    """Lengths across several 32-row stripes of the CPU kernel (and several blocks of the GPU one)."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernel computes in float32")
+    generator = torch.Generator().manual_seed(8)
+    cost = torch.rand(4, 75, 41, generator=generator, dtype=torch.float64).to(device_of(backend), dtype)
+    cost.requires_grad_(True)
+    lengths_x = torch.tensor([75, 33, 64, 1], device=cost.device)
+    lengths_y = torch.tensor([41, 17, 1, 40], device=cost.device)
+    values = soft_dtw(cost, 0.5, lengths_x, lengths_y, backend=backend)
+    (grad,) = torch.autograd.grad(values.sum(), cost)
+    tolerance = 1e-9 if dtype == torch.float64 else 2e-4
+    for b, (n, m) in enumerate(zip(lengths_x.tolist(), lengths_y.tolist())):
+        value, alignment = sdtw_and_alignment(cost[b, :n, :m].detach().double().cpu(), 0.5)
+        assert values[b].item() == pytest.approx(value, rel=tolerance)
+        torch.testing.assert_close(grad[b, :n, :m].double().cpu(), torch.from_numpy(alignment), rtol=tolerance,
+                                   atol=tolerance)
+        assert (grad[b, n:] == 0).all() and (grad[b, :, m:] == 0).all()
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend):
     cost, lengths_x, lengths_y = ragged_batch(torch.float64)
