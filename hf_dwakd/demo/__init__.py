@@ -1,0 +1,1 @@
+"""A first run on a laptop: two real models with different tokenizers, distilled on a bundled Dolly slice."""
