@@ -1,13 +1,80 @@
 """`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (METHOD.md)."""
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trl import SFTConfig
 
-KD_METHODS = ("dwakd", "sft")
-DIVERGENCES = ("forward_kl", "reverse_kl", "skewed_forward_kl", "skewed_reverse_kl", "js", "adaptive_kl")
-DTW_BACKENDS = ("auto", "cpu", "triton", "reference")
+from .objective import DIVERGENCES, DWAKDLossOptions
+from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
+
+KD_METHODS = ("dwakd", "sft", "dskd", "uld", "mined", "multilevel_ot")
+WITH_TEACHER = KD_METHODS[:1] + KD_METHODS[2:]
+WITH_PROJECTORS = ("dwakd", "dskd")
+# Fields that only some methods read; setting one for another method is refused (it would silently do nothing).
+FIELD_METHODS = {
+    "teacher_model_name_or_path": WITH_TEACHER,
+    "teacher_model_init_kwargs": WITH_TEACHER,
+    "teacher_tokenizer_name_or_path": WITH_TEACHER,
+    "ce_weight": WITH_TEACHER,
+    "kd_weight": WITH_TEACHER,
+    "kd_temperature": WITH_TEACHER,
+    "kd_divergence": WITH_PROJECTORS,
+    "kd_skew": WITH_PROJECTORS,
+    "kd_chunk_size": ("dwakd", "dskd", "sft"),
+    "projector_learning_rate": WITH_PROJECTORS,
+    **{
+        name: ("dwakd",)
+        for name in (
+            "dtw_weight",
+            "use_entropy_weighting",
+            "use_teacher_gate",
+            "use_dtw",
+            "use_dtw_band",
+            "use_dtw_hidden",
+            "use_dtw_embed",
+            "dtw_gamma",
+            "dtw_gamma_end",
+            "dtw_gamma_anneal_steps",
+            "dtw_band_base",
+            "dtw_band_beta",
+            "dtw_band_alpha",
+            "dtw_band_penalty",
+            "dtw_backend",
+        )
+    },
+    "uld_top_k": ("uld",),
+    "mined_top_k": ("mined",),
+    "mined_cache_dir": ("mined",),
+    "ot_top_k": ("multilevel_ot",),
+    "ot_log_weight": ("multilevel_ot",),
+    "ot_sinkhorn_weight": ("multilevel_ot",),
+    "ot_sinkhorn_epsilon": ("multilevel_ot",),
+    "ot_sinkhorn_iterations": ("multilevel_ot",),
+}
+# The objective's option names and the config fields that set them.
+LOSS_OPTION_FIELDS = {
+    "ce_weight": "ce_weight",
+    "kd_weight": "kd_weight",
+    "dtw_weight": "dtw_weight",
+    "temperature": "kd_temperature",
+    "divergence": "kd_divergence",
+    "skew": "kd_skew",
+    "entropy_weighting": "use_entropy_weighting",
+    "teacher_gate": "use_teacher_gate",
+    "dtw": "use_dtw",
+    "dtw_band": "use_dtw_band",
+    "dtw_hidden": "use_dtw_hidden",
+    "dtw_embed": "use_dtw_embed",
+    "gamma": "dtw_gamma",
+    "band_base": "dtw_band_base",
+    "band_beta": "dtw_band_beta",
+    "band_alpha": "dtw_band_alpha",
+    "band_penalty": "dtw_band_penalty",
+    "chunk_size": "kd_chunk_size",
+    "dtw_backend": "dtw_backend",
+}
 
 
 @dataclass
@@ -24,7 +91,9 @@ class DWAKDConfig(SFTConfig):
         teacher_tokenizer_name_or_path (`str`, *optional*): the teacher's tokenizer; defaults to the teacher's name.
 
     Objective:
-        kd_method (`str`, defaults to `"dwakd"`): the distillation objective, one of `KD_METHODS`.
+        kd_method (`str`, defaults to `"dwakd"`): the distillation objective, one of `KD_METHODS`: `dwakd`, or a
+            baseline of METHOD.md §6 (`sft` needs no teacher). Baselines train `ce_weight * CE + kd_weight * KD`
+            (for `dskd` that is DSKD's `(1 - kd_rate) CE + kd_rate KD` with the default 0.5 / 0.5).
         max_prompt_length (`int`, defaults to `256`): prompt tokens kept on each side (`max_length` defaults to 512).
         ce_weight, kd_weight, dtw_weight (`float`, defaults to `0.5`, `0.5`, `0.2`): weights of the student
             cross-entropy, the weighted dual-space KD and the Soft-DTW alignment.
@@ -41,6 +110,11 @@ class DWAKDConfig(SFTConfig):
         dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
         kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
+
+    Baselines (each refused with another `kd_method`):
+        uld_top_k (`int`, *optional*): ULD compares the k largest probabilities only (exact when None).
+        mined_top_k, mined_cache_dir: MinED's kept teacher tokens and the vocabulary map's cache folder.
+        ot_top_k, ot_log_weight, ot_sinkhorn_weight, ot_sinkhorn_epsilon, ot_sinkhorn_iterations: MultiLevelOT.
     """
 
     _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
@@ -67,7 +141,7 @@ class DWAKDConfig(SFTConfig):
     dtw_weight: float = field(default=0.2, metadata={"help": "Weight of the Soft-DTW alignment (lambda_dtw)."})
     kd_temperature: float = field(default=2.0, metadata={"help": "Temperature tau inside every KL term."})
     kd_divergence: str = field(
-        default="forward_kl", metadata={"help": f"Divergence of both KD spaces, one of {DIVERGENCES}."}
+        default="forward_kl", metadata={"help": f"Divergence of both KD spaces, one of {tuple(DIVERGENCES)}."}
     )
     kd_skew: float = field(default=0.1, metadata={"help": "Mixture weight of the skewed divergences, in (0, 1)."})
     use_entropy_weighting: bool = field(
@@ -100,27 +174,27 @@ class DWAKDConfig(SFTConfig):
     projector_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the projectors' optimizer parameter group."}
     )
+    uld_top_k: int | None = field(
+        default=None, metadata={"help": "uld: compare only the k largest probabilities (None = exact full sort)."}
+    )
+    mined_top_k: int | None = field(
+        default=None, metadata={"help": "mined: keep the teacher's k most likely tokens (None = all)."}
+    )
+    mined_cache_dir: str | None = field(
+        default=None, metadata={"help": "mined: folder caching the vocabulary map (default ~/.cache/hf_dwakd/mined)."}
+    )
+    ot_top_k: int = field(default=50, metadata={"help": "multilevel_ot: probabilities kept per token."})
+    ot_log_weight: float = field(default=0.1, metadata={"help": "multilevel_ot: weight of the logarithmic term."})
+    ot_sinkhorn_weight: float = field(
+        default=0.1, metadata={"help": "multilevel_ot: weight of the sequence-level Sinkhorn term."}
+    )
+    ot_sinkhorn_epsilon: float = field(default=0.1, metadata={"help": "multilevel_ot: Sinkhorn entropic epsilon."})
+    ot_sinkhorn_iterations: int = field(default=20, metadata={"help": "multilevel_ot: Sinkhorn iterations."})
 
     def __post_init__(self):
         super().__post_init__()
         self._check_choice("kd_method", KD_METHODS)
-        self._check_choice("kd_divergence", DIVERGENCES)
-        self._check_choice("dtw_backend", DTW_BACKENDS)
-        for name in ("ce_weight", "kd_weight", "dtw_weight", "dtw_band_base", "dtw_band_beta", "dtw_band_penalty"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
-        if self.kd_method == "dwakd" and self.ce_weight + self.kd_weight + self.dtw_weight == 0:
-            raise ValueError(
-                "`ce_weight`, `kd_weight` and `dtw_weight` are all 0, so there is nothing to train: set at least one "
-                "of them > 0 (defaults 0.5 / 0.5 / 0.2)."
-            )
-        for name in ("kd_temperature", "dtw_gamma", "projector_learning_rate"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
-        if not 0 < self.kd_skew < 1:
-            raise ValueError(f"`kd_skew` must be in (0, 1), got {self.kd_skew}.")
-        if not 0 <= self.dtw_band_alpha <= 1:
-            raise ValueError(f"`dtw_band_alpha` must be in [0, 1], got {self.dtw_band_alpha}.")
+        self._check_fields_belong_to_method()
         if (self.dtw_gamma_end is None) != (self.dtw_gamma_anneal_steps == 0):
             raise ValueError(
                 "Gamma annealing needs both `dtw_gamma_end` (> 0) and `dtw_gamma_anneal_steps` (> 0); set both, or "
@@ -128,8 +202,14 @@ class DWAKDConfig(SFTConfig):
             )
         if self.dtw_gamma_end is not None and (self.dtw_gamma_end <= 0 or self.dtw_gamma_anneal_steps < 0):
             raise ValueError("`dtw_gamma_end` must be > 0 and `dtw_gamma_anneal_steps` >= 0.")
-        if self.kd_chunk_size is not None and self.kd_chunk_size <= 0:
-            raise ValueError(f"`kd_chunk_size` must be a positive number of tokens or None, got {self.kd_chunk_size}.")
+        self.loss_options()  # validates every objective knob, with the errors naming this config's fields
+        if self.kd_method not in ("dwakd", "sft") and self.ce_weight + self.kd_weight == 0:
+            raise ValueError(
+                f"`ce_weight` and `kd_weight` are both 0, so kd_method={self.kd_method!r} has nothing to train: set "
+                "at least one of them > 0."
+            )
+        if self.projector_learning_rate <= 0:
+            raise ValueError(f"`projector_learning_rate` must be > 0, got {self.projector_learning_rate}.")
         if self.max_length is None or self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"`max_prompt_length` ({self.max_prompt_length}) must be smaller than `max_length` "
@@ -146,13 +226,41 @@ class DWAKDConfig(SFTConfig):
                 "tokenizers. Set `packing=False` and `padding_free=False`."
             )
 
+    def loss_options(self, step: int = 0) -> DWAKDLossOptions:
+        """The objective's options at optimizer step `step` (gamma annealed when configured)."""
+        values = {option: getattr(self, name) for option, name in LOSS_OPTION_FIELDS.items()}
+        values["gamma"] = self.dtw_gamma_at(step)
+        values["dtw"] = self.use_dtw and self.dtw_weight > 0
+        try:
+            return DWAKDLossOptions(**values)
+        except ValueError as error:
+            message = re.sub(r"\b\w+\b", lambda word: LOSS_OPTION_FIELDS.get(word[0], word[0]), str(error))
+            raise ValueError(f"DWAKDConfig: {message}") from None
+
+    def _check_fields_belong_to_method(self):
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, methods in FIELD_METHODS.items():
+            if self.kd_method not in methods and getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"`{name}` belongs to kd_method {' / '.join(methods)} and has no effect with "
+                    f"kd_method={self.kd_method!r}: remove it, or choose one of those methods."
+                )
+
     def _check_choice(self, name, choices):
         if getattr(self, name) not in choices:
             raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kd_method != "sft"
+        return self.kd_method in WITH_TEACHER
+
+    @property
+    def needs_projectors(self) -> bool:
+        return self.kd_method in WITH_PROJECTORS
+
+    @property
+    def needs_embedding_projector(self) -> bool:
+        return self.kd_method == "dwakd" and self.loss_options().uses_dtw and self.use_dtw_embed
 
     def dtw_gamma_at(self, step: int) -> float:
         """Soft-DTW gamma at optimizer step `step`: constant, or linearly annealed when configured."""

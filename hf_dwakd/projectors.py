@@ -8,9 +8,11 @@ class DWAKDProjectors(nn.Module):
 
     `query`, `t2s` and `s2t` serve the cross-model attention; `t2s` also maps teacher hidden states for the
     Soft-DTW hidden term, and `embed_t2s` maps teacher target embeddings for the Soft-DTW embedding term.
+    `embedding_projector=False` leaves `embed_t2s` out (None) where no embedding term is trained (DSKD, or that
+    DWA-KD ablation), so DDP never waits for gradients of an unused layer.
     """
 
-    def __init__(self, student_hidden_size: int, teacher_hidden_size: int):
+    def __init__(self, student_hidden_size: int, teacher_hidden_size: int, embedding_projector: bool = True):
         super().__init__()
         for name, value in (("student_hidden_size", student_hidden_size), ("teacher_hidden_size", teacher_hidden_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -20,7 +22,7 @@ class DWAKDProjectors(nn.Module):
         self.query = nn.Linear(2 * student_hidden_size, 2 * teacher_hidden_size)
         self.t2s = nn.Linear(teacher_hidden_size, student_hidden_size)
         self.s2t = nn.Linear(student_hidden_size, teacher_hidden_size)
-        self.embed_t2s = nn.Linear(teacher_hidden_size, student_hidden_size)
+        self.embed_t2s = nn.Linear(teacher_hidden_size, student_hidden_size) if embedding_projector else None
 
     def extra_repr(self) -> str:
         return f"student_hidden_size={self.student_hidden_size}, teacher_hidden_size={self.teacher_hidden_size}"

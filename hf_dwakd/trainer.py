@@ -19,7 +19,9 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
-from .objective import DWAKDLossOptions, dwakd_loss, shift_for_next_token
+from .baselines import MinEDAligner
+from .methods import distillation_loss
+from .objective import shift_for_next_token
 from .projectors import DWAKDProjectors
 
 PROJECTORS_NAME = "projectors.safetensors"
@@ -33,11 +35,23 @@ DISTILLATION_COLUMNS = [
     "teacher_labels",
 ]
 # Loss components normalised by `num_items_in_batch` (token sums); the other metrics are means.
-TOKEN_SUM_METRICS = {"ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed"}
+TOKEN_SUM_METRICS = {
+    "ce",
+    "kd",
+    "kd_student",
+    "kd_teacher",
+    "ce_t2s",
+    "dtw_hidden",
+    "dtw_embed",
+    "multilevel_ot_absolute",
+    "multilevel_ot_logarithmic",
+    "multilevel_ot_sequence",
+}
 
 
 class DWAKDTrainer(SFTTrainer):
-    """Distil `teacher_model` into `model` across different tokenizers with DWA-KD (arXiv 2602.21669).
+    """Distil `teacher_model` into `model` across different tokenizers with DWA-KD (arXiv 2602.21669), or with
+    one of the baselines `args.kd_method` names (`methods.py`).
 
     Takes `SFTTrainer`'s arguments plus:
         teacher_model (`PreTrainedModel` or `str`, *optional*): the frozen teacher, or its name (default:
@@ -157,7 +171,11 @@ class DWAKDTrainer(SFTTrainer):
             teacher_model.requires_grad_(False)
             teacher_model.eval()
             self.teacher_model = self._prepare_teacher(teacher_model)
+        if args.needs_projectors:
             self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
+        self.aligner = None
+        if args.kd_method == "mined":  # the vocabulary map is built once per tokenizer pair and cached on disk
+            self.aligner = MinEDAligner(student_tokenizer, teacher_tokenizer, args.mined_cache_dir)
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -172,7 +190,9 @@ class DWAKDTrainer(SFTTrainer):
     def _attach_projectors(self, teacher_hidden_size):
         student_hidden_size = self.model.config.get_text_config().hidden_size
         reference = next(self.model.parameters())
-        projectors = DWAKDProjectors(student_hidden_size, teacher_hidden_size)
+        projectors = DWAKDProjectors(
+            student_hidden_size, teacher_hidden_size, embedding_projector=self.args.needs_embedding_projector
+        )
         projectors.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
         self.model.add_module(PROJECTORS_ATTRIBUTE, projectors)
 
@@ -210,16 +230,25 @@ class DWAKDTrainer(SFTTrainer):
         student = self._side_outputs(
             model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], self.student_vocab_size
         )
-        with torch.no_grad():
-            teacher = self._side_outputs(
-                self.teacher_model,
-                inputs["teacher_input_ids"],
-                inputs["teacher_attention_mask"],
-                inputs["teacher_labels"],
-                self.teacher_vocab_size,
-            )
-        options = self._loss_options()
-        loss, metrics = dwakd_loss(student, teacher, self.projectors, options, num_items_in_batch)
+        teacher = None
+        if self.teacher_model is not None:
+            with torch.no_grad():
+                teacher = self._side_outputs(
+                    self.teacher_model,
+                    inputs["teacher_input_ids"],
+                    inputs["teacher_attention_mask"],
+                    inputs["teacher_labels"],
+                    self.teacher_vocab_size,
+                )
+        loss, metrics = distillation_loss(
+            self.args,
+            student,
+            teacher,
+            num_items_in_batch,
+            projectors=self.projectors,
+            aligner=self.aligner,
+            step=self.state.global_step,
+        )
 
         # Like `Trainer.compute_loss`: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
         scale = 1
@@ -227,8 +256,8 @@ class DWAKDTrainer(SFTTrainer):
             scale = self.accelerator.num_processes
         loss = loss * scale
         self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
-        if options.dtw:
-            self._metrics[mode]["dtw_gamma"].append(options.gamma)
+        if "dtw_hidden" in metrics or "dtw_embed" in metrics:
+            self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
         return (loss, student) if return_outputs else loss
 
     def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size):
@@ -244,30 +273,6 @@ class DWAKDTrainer(SFTTrainer):
             labels,
             unwrapped.get_output_embeddings().weight,
             vocab_size,
-        )
-
-    def _loss_options(self) -> DWAKDLossOptions:
-        args = self.args
-        return DWAKDLossOptions(
-            ce_weight=args.ce_weight,
-            kd_weight=args.kd_weight,
-            dtw_weight=args.dtw_weight,
-            temperature=args.kd_temperature,
-            divergence=args.kd_divergence,
-            skew=args.kd_skew,
-            entropy_weighting=args.use_entropy_weighting,
-            teacher_gate=args.use_teacher_gate,
-            dtw=args.use_dtw and args.dtw_weight > 0,
-            dtw_band=args.use_dtw_band,
-            dtw_hidden=args.use_dtw_hidden,
-            dtw_embed=args.use_dtw_embed,
-            gamma=args.dtw_gamma_at(self.state.global_step),
-            band_base=args.dtw_band_base,
-            band_beta=args.dtw_band_beta,
-            band_alpha=args.dtw_band_alpha,
-            band_penalty=args.dtw_band_penalty,
-            chunk_size=args.kd_chunk_size,
-            dtw_backend=args.dtw_backend,
         )
 
     def _record_metrics(self, mode, metrics, token_sum_scale):

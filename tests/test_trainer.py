@@ -43,7 +43,6 @@ def make_config(tmp_path, **overrides):
         dataloader_num_workers=0,
         max_length=64,
         max_prompt_length=32,
-        dtw_backend="reference",
     )
     defaults.update(overrides)
     return DWAKDConfig(**defaults)
@@ -217,7 +216,8 @@ def test_push_to_hub_uploads_student_tokenizer_card_and_never_the_teacher(tmp_pa
     "overrides, message",
     [
         (dict(kd_method="nope"), "kd_method"),
-        (dict(ce_weight=0.0, kd_weight=0.0, dtw_weight=0.0), "all 0"),
+        (dict(ce_weight=0.0, kd_weight=0.0, dtw_weight=0.0), "every term is off"),
+        (dict(kd_method="uld", ce_weight=0.0, kd_weight=0.0), "both 0"),
         (dict(use_liger_kernel=True), "use_liger_kernel"),
         (dict(kd_divergence="kl"), "kd_divergence"),
         (dict(dtw_gamma=0.0), "dtw_gamma"),
