@@ -330,3 +330,21 @@ def test_same_tokenizer_with_padded_vocabulary(tmp_path):
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_evaluation_logs_prefixed_components(tmp_path):
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    trainer = DWAKDTrainer(
+        model=tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1),
+        teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, seed=2),
+        args=make_config(tmp_path, per_device_eval_batch_size=2),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS[:4]),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+    )
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] > 0
+    for key in COMPONENTS:
+        assert f"eval_{key}" in metrics, key
+    assert not any(key in metrics for key in COMPONENTS)
