@@ -33,12 +33,18 @@ def _check_band(band, batch, n_rows):
         raise ValueError(f"band.penalty must be a finite number >= 0, got {band.penalty!r}.")
 
 
-def band_penalty(band, n_cols, dtype):
+def _band_penalty(band, n_cols, dtype, device):
     """(B, N, M) additive penalty of the band, columns numbered from 1."""
-    columns = torch.arange(1, n_cols + 1, device=band.center.device, dtype=dtype)
-    center, width = band.center.detach().to(dtype), band.width.detach().to(dtype)
+    columns = torch.arange(1, n_cols + 1, device=device, dtype=dtype)
+    center = band.center.detach().to(device=device, dtype=dtype)
+    width = band.width.detach().to(device=device, dtype=dtype)
     outside = (columns - center[:, :, None]).abs() > width[:, :, None]
     return outside.to(dtype) * band.penalty
+
+
+def _zero_padding(sequences, lengths):
+    beyond = torch.arange(sequences.shape[1], device=sequences.device) >= lengths[:, None]
+    return sequences.masked_fill(beyond[:, :, None], 0.0)
 
 
 def soft_dtw_divergence(x, y, gamma, lengths_x=None, lengths_y=None, band=None, backend="auto"):
@@ -65,14 +71,16 @@ def soft_dtw_divergence(x, y, gamma, lengths_x=None, lengths_y=None, band=None, 
     dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
     size = max(n_rows, n_cols)
     with torch.autocast(x.device.type, enabled=False):
-        # Unit rows padded to a common length: one bmm gives the XY, XX and YY costs of every example.
-        x_unit = F.pad(F.normalize(x.to(dtype), dim=-1), (0, 0, 0, size - n_rows))
-        y_unit = F.pad(F.normalize(y.to(dtype), dim=-1), (0, 0, 0, size - n_cols))
+        # Unit rows padded to a common length: one bmm gives the XY, XX and YY costs of every example. Rows past
+        # the lengths are zeroed so that whatever padding holds (even nan) cannot reach the gradient.
+        x_unit = F.pad(F.normalize(_zero_padding(x.to(dtype), lengths_x), dim=-1), (0, 0, 0, size - n_rows))
+        y_unit = F.pad(F.normalize(_zero_padding(y.to(dtype), lengths_y), dim=-1), (0, 0, 0, size - n_cols))
         left = torch.cat((x_unit, x_unit, y_unit))
         right = torch.cat((y_unit, x_unit, y_unit))
-        cost = 1.0 - torch.bmm(left, right.transpose(1, 2))
+        ones = x_unit.new_ones(()).expand(3 * batch, size, size)
+        cost = torch.baddbmm(ones, left, right.transpose(1, 2), alpha=-1.0)  # 1 - cos in one pass
         if band is not None:
-            cost[:batch, :n_rows, :n_cols] += band_penalty(band, n_cols, dtype)
+            cost[:batch, :n_rows, :n_cols] += _band_penalty(band, n_cols, dtype, x.device)
     lengths_left = torch.cat((lengths_x, lengths_x, lengths_y))
     lengths_right = torch.cat((lengths_y, lengths_x, lengths_y))
     values = soft_dtw(cost, gamma, lengths_left, lengths_right, backend=backend)

@@ -90,8 +90,10 @@ def soft_dtw(cost, gamma, lengths_x=None, lengths_y=None, backend="auto"):
     cost: (B, N, M) float tensor; example b uses cost[b, :lengths_x[b], :lengths_y[b]].
     gamma: smoothing > 0. lengths_x, lengths_y: (B,) integer tensors, None meaning N (resp. M) for every example;
     an example with a zero length has value 0 and zero gradient.
-    Returns (B,) values, float32 (float64 for float64 input). The gradient with respect to `cost` is the expected
-    alignment matrix, exactly zero on padding.
+    backend: "auto" (Triton for CUDA tensors when triton imports, else the Numba CPU kernel), "cpu", "triton" or
+    "reference" (readable PyTorch, any device).
+    Returns (B,) values in float32 (float64 for float64 input, except on "triton", which computes in float32).
+    The gradient with respect to `cost` is the expected alignment matrix, exactly zero on padding.
     """
     if not isinstance(cost, torch.Tensor) or cost.dim() != 3 or not cost.dtype.is_floating_point:
         shape = tuple(cost.shape) if isinstance(cost, torch.Tensor) else type(cost).__name__
