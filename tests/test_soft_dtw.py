@@ -264,6 +264,24 @@ def test_divergence_of_identical_sequences_is_zero_and_of_different_ones_positiv
         assert (different > 1e-4).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_divergence_ignores_whatever_padding_holds(backend):
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 6, 4, generator=generator).to(device_of(backend))
+    y = torch.randn(2, 5, 4, generator=generator).to(device_of(backend))
+    lengths_x, lengths_y = torch.tensor([4, 6], device=x.device), torch.tensor([5, 3], device=x.device)
+    clean = soft_dtw_divergence(x, y, 0.5, lengths_x, lengths_y, backend=backend)
+    x[0, 4:] = float("nan")
+    y[1, 3:] = float("inf")
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    dirty = soft_dtw_divergence(x, y, 0.5, lengths_x, lengths_y, backend=backend)
+    dirty.sum().backward()
+    torch.testing.assert_close(dirty, clean)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    assert (x.grad[0, 4:] == 0).all() and (y.grad[1, 3:] == 0).all() and (x.grad[0, :4] != 0).any()
+
+
 def test_divergence_gradcheck_float64_with_band():
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(2, 4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
