@@ -86,8 +86,12 @@ def _forward_kernel(cost, gamma, inv_gamma, lengths_x, lengths_y, values, saved_
 
 
 @numba.njit(**_KERNEL_OPTIONS)
-def _backward_kernel(saved_R, inv_gamma, lengths_x, lengths_y, grad_values, grad_cost):
-    """Writes grad_values[b] * E into grad_cost (left zero beyond the lengths): the recursion is linear in its seed."""
+def _backward_kernel(saved_R, inv_gamma, smallest_normal, lengths_x, lengths_y, grad_values, grad_cost):
+    """Writes grad_values[b] * E into grad_cost (left zero beyond the lengths): the recursion is linear in its seed.
+
+    Far from the alignment path E decays below the smallest normal float; it is flushed to 0 there, because
+    subnormal numbers make every later product (here, and in the bmm that consumes this gradient) many times slower.
+    """
     dtype = saved_R.dtype
     zero, one = dtype.type(0.0), dtype.type(1.0)
     for b in numba.prange(saved_R.shape[0]):
@@ -121,11 +125,12 @@ def _backward_kernel(saved_R, inv_gamma, lengths_x, lengths_y, grad_values, grad
                     next_left[lane] = w_left * scale if valid else zero
                     next_diag[lane] = w_diag * scale if valid else zero
                 for lane in range(1, LANES + 1):
-                    E[t, lane] = (
+                    e = (
                         E[t + 1, lane + 1] * next_up[lane + 1]
                         + E[t + 1, lane] * next_left[lane]
                         + E[t + 2, lane + 1] * after_diag[lane + 1]
                     )
+                    E[t, lane] = e if abs(e) >= smallest_normal else zero
                 if q == last_stripe and t == m + seed_lane:
                     E[t, seed_lane] = grad_values[b]
             for lane in range(1, min(LANES, n - q * LANES) + 1):
@@ -142,7 +147,8 @@ def forward(cost, gamma, lengths_x, lengths_y):
     cost = cost.detach().numpy()
     # gamma in the array's own dtype, so float32 input keeps float32 arithmetic inside the kernel
     gamma, inv_gamma = cost.dtype.type(gamma), cost.dtype.type(1.0 / gamma)
-    _forward_kernel(cost, gamma, inv_gamma, lengths_x, lengths_y, values.numpy(), saved_R.numpy())
+    with numba.parallel_chunksize(1):  # hand out examples one by one: ragged lengths make equal shares unequal work
+        _forward_kernel(cost, gamma, inv_gamma, lengths_x, lengths_y, values.numpy(), saved_R.numpy())
     return values, (saved_R, inv_gamma, lengths_x, lengths_y, n_rows, n_cols)
 
 
@@ -150,5 +156,8 @@ def backward(state, grad_values):
     saved_R, inv_gamma, lengths_x, lengths_y, n_rows, n_cols = state
     grad_cost = torch.zeros((saved_R.shape[0], n_rows, n_cols), dtype=saved_R.dtype)
     grad_values = grad_values.to(saved_R.dtype).detach()
-    _backward_kernel(saved_R.numpy(), inv_gamma, lengths_x, lengths_y, grad_values.numpy(), grad_cost.numpy())
+    smallest_normal = inv_gamma.dtype.type(np.finfo(inv_gamma.dtype).tiny)
+    with numba.parallel_chunksize(1):
+        _backward_kernel(saved_R.numpy(), inv_gamma, smallest_normal, lengths_x, lengths_y, grad_values.numpy(),
+                         grad_cost.numpy())
     return grad_cost
