@@ -24,6 +24,7 @@ import torch
 from hf_dwakd.ops._fastmath import FASTMATH, exp_nonpositive, log_one_to_three
 
 LANES = 32
+FLUSH_BELOW = 1e-30  # expected-alignment entries smaller than this (the last cell has 1) become 0
 _KERNEL_OPTIONS = {"parallel": True, "fastmath": FASTMATH, "error_model": "numpy", "cache": True}
 _HELPER_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy", "cache": True}
 
@@ -86,14 +87,14 @@ def _forward_kernel(cost, gamma, inv_gamma, lengths_x, lengths_y, values, saved_
 
 
 @numba.njit(**_KERNEL_OPTIONS)
-def _backward_kernel(saved_R, inv_gamma, smallest_normal, lengths_x, lengths_y, grad_values, grad_cost):
-    """Writes grad_values[b] * E into grad_cost (left zero beyond the lengths): the recursion is linear in its seed.
+def _backward_kernel(saved_R, inv_gamma, lengths_x, lengths_y, grad_values, grad_cost):
+    """Writes grad_values[b] * E into grad_cost, left zero beyond the lengths.
 
-    Far from the alignment path E decays below the smallest normal float; it is flushed to 0 there, because
-    subnormal numbers make every later product (here, and in the bmm that consumes this gradient) many times slower.
+    Far from the alignment path E decays towards the subnormal range, where every product (here, and in the bmm
+    that consumes this gradient) gets many times slower; entries below FLUSH_BELOW of the seed are set to 0.
     """
     dtype = saved_R.dtype
-    zero, one = dtype.type(0.0), dtype.type(1.0)
+    zero, one, flush_below = dtype.type(0.0), dtype.type(1.0), dtype.type(FLUSH_BELOW)
     for b in numba.prange(saved_R.shape[0]):
         n, m = lengths_x[b], lengths_y[b]
         if n == 0 or m == 0:
@@ -130,12 +131,12 @@ def _backward_kernel(saved_R, inv_gamma, smallest_normal, lengths_x, lengths_y, 
                         + E[t + 1, lane] * next_left[lane]
                         + E[t + 2, lane + 1] * after_diag[lane + 1]
                     )
-                    E[t, lane] = e if abs(e) >= smallest_normal else zero
+                    E[t, lane] = e if e >= flush_below else zero
                 if q == last_stripe and t == m + seed_lane:
-                    E[t, seed_lane] = grad_values[b]
+                    E[t, seed_lane] = one
             for lane in range(1, min(LANES, n - q * LANES) + 1):
                 for c in range(1, m + 1):
-                    grad_cost[b, q * LANES + lane - 1, c - 1] = E[c + lane, lane]
+                    grad_cost[b, q * LANES + lane - 1, c - 1] = grad_values[b] * E[c + lane, lane]
             below[:] = E[:, 1]
 
 
@@ -156,8 +157,6 @@ def backward(state, grad_values):
     saved_R, inv_gamma, lengths_x, lengths_y, n_rows, n_cols = state
     grad_cost = torch.zeros((saved_R.shape[0], n_rows, n_cols), dtype=saved_R.dtype)
     grad_values = grad_values.to(saved_R.dtype).detach()
-    smallest_normal = inv_gamma.dtype.type(np.finfo(inv_gamma.dtype).tiny)
     with numba.parallel_chunksize(1):
-        _backward_kernel(saved_R.numpy(), inv_gamma, smallest_normal, lengths_x, lengths_y, grad_values.numpy(),
-                         grad_cost.numpy())
+        _backward_kernel(saved_R.numpy(), inv_gamma, lengths_x, lengths_y, grad_values.numpy(), grad_cost.numpy())
     return grad_cost
