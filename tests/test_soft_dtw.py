@@ -212,7 +212,7 @@ def test_autocast_runs_in_float32_and_returns_input_dtype_gradient():
 
 
 def expected_divergence(x, y, gamma, band_rows=None):
-    """Divergence of one unpadded pair from the test's own cosine cost and Soft-DTW; band_rows = (center, width, lam)."""
+    """Divergence of one unpadded pair from this file's cosine cost and Soft-DTW; band_rows = (center, width, lam)."""
     cross = cosine_cost(x, y)
     if band_rows is not None:
         center, width, penalty = band_rows
@@ -220,7 +220,9 @@ def expected_divergence(x, y, gamma, band_rows=None):
             for j in range(1, cross.shape[1] + 1):
                 if abs(j - center[i]) > width[i]:
                     cross[i, j - 1] += penalty
-    value = lambda C: sdtw_and_alignment(C, gamma)[0]  # noqa: E731
+    def value(C):
+        return sdtw_and_alignment(C, gamma)[0]
+
     return value(cross) - 0.5 * (value(cosine_cost(x, x)) + value(cosine_cost(y, y)))
 
 
