@@ -1,6 +1,7 @@
 """Soft-DTW divergence with cosine cost and the optional soft band on the cross cost (METHOD.md §4)."""
 
 import math
+from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -29,7 +30,7 @@ def _check_band(band, batch, n_rows):
         if not isinstance(value, torch.Tensor) or value.shape != (batch, n_rows):
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"band.{name} must be a tensor of shape (B, N) = ({batch}, {n_rows}), got {shape}.")
-    if not isinstance(band.penalty, (int, float)) or not math.isfinite(band.penalty) or band.penalty < 0:
+    if not isinstance(band.penalty, Real) or not math.isfinite(band.penalty) or band.penalty < 0:
         raise ValueError(f"band.penalty must be a finite number >= 0, got {band.penalty!r}.")
 
 
