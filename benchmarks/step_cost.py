@@ -1,0 +1,349 @@
+"""Seconds and peak memory of one DWAKDTrainer training step for each `kd_method` (the paper's Table 7).
+
+Run: python benchmarks/step_cost.py [--device cpu|cuda] [--steps 4] [--warmup 1] [--batch_size 4] [--seq_len 256]
+     [--methods dwakd sft dskd uld mined multilevel_ot dwakd_no_dtw] [--bf16]
+     [--student_hidden 256] [--student_layers 2] [--teacher_hidden 512] [--teacher_layers 2]
+
+A step is what the real trainer does between `on_step_begin` and `on_step_end`: student and teacher forward,
+loss, backward, gradient clipping, optimizer step. Each method runs in a fresh subprocess (so memory peaks do not
+mix) on the same random models and data: a GPT-2-shaped student and a Llama-shaped teacher with the real GPT-2 and
+Llama-2 tokenizers of the test fixtures, trained on bundled Dolly prompts whose responses are lengthened (several
+Dolly responses joined) so that every example fills `--seq_len` tokens on the side that tokenizes it longer.
+`dwakd_no_dtw` is DWA-KD with `use_dtw=False`: the difference to `dwakd` is the Soft-DTW alignment's cost.
+
+Time is the median over `--steps` steps after `--warmup` untimed ones (Numba compilation, optimizer state):
+wall seconds, and the process's CPU seconds (all threads), which a shared machine's load disturbs less.
+Memory: "step peak" is the peak during a step above the memory held when it starts (activations, logits, loss
+intermediates, gradients); "total peak" is the absolute peak, model weights and optimizer state included (on
+CUDA `torch.cuda.max_memory_allocated`, on CPU the process's resident set, sampled every millisecond).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from hf_dwakd.config import KD_METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
+DOLLY = ROOT / "hf_dwakd" / "demo" / "data" / "dolly_train.jsonl"
+# Every kd_method at its defaults, and DWA-KD without Soft-DTW so that the alignment's own cost shows.
+VARIANTS = {method: dict(kd_method=method) for method in KD_METHODS}
+VARIANTS["dwakd_no_dtw"] = dict(kd_method="dwakd", use_dtw=False)
+# DWA-KD vs DSKD in the paper (Section "Efficiency", batch 4): 0.45 s vs 0.35 s a step, 29.9 GB vs 26.4 GB.
+PAPER_TIME_RATIO = 0.45 / 0.35
+PAPER_MEMORY_RATIO = 29.9 / 26.4
+RESULT_PREFIX = "step_cost_result: "
+MIB = 2**20
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per method (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--seq_len", type=int, default=256, help="tokens per example on the longer side")
+    parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (DWAKDConfig bf16=True)")
+    parser.add_argument("--student_hidden", type=int, default=256, help="GPT-2-shaped student's width")
+    parser.add_argument("--student_layers", type=int, default=2)
+    parser.add_argument("--teacher_hidden", type=int, default=512, help="Llama-shaped teacher's width")
+    parser.add_argument("--teacher_layers", type=int, default=2)
+    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("student_hidden", "teacher_hidden"):
+        if getattr(args, name) < 64 or getattr(args, name) % 64:
+            parser.error(f"--{name} must be a multiple of 64 (the attention head width), got {getattr(args, name)}.")
+    for name in ("steps", "batch_size", "student_layers", "teacher_layers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be at least 0, got {args.warmup}.")
+    if args.seq_len < 16:
+        parser.error(f"--seq_len must be at least 16 (half of it goes to the prompt), got {args.seq_len}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device; use --device cpu.")
+    return args
+
+
+# ---- the worker: one method, one process -------------------------------------------------------------------------
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def random_causal_lm(tokenizer, family, hidden_size, num_layers, seed, device):
+    """A randomly initialised causal LM with `tokenizer`'s vocabulary and 64-wide attention heads, built on
+    `device` (initialising a large model on the GPU takes seconds, on the CPU minutes)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    heads = hidden_size // 64
+    with torch.device(device):
+        if family == "gpt2":
+            return GPT2LMHeadModel(GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=heads, **common))
+        config = LlamaConfig(
+            hidden_size=hidden_size,
+            intermediate_size=8 * hidden_size // 3,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            **common,
+        )
+        return LlamaForCausalLM(config)
+
+
+def dolly_rows(count, seq_len):
+    """`count` prompt-completion rows: a Dolly prompt and Dolly responses joined until the text is longer than
+    `seq_len` tokens of either tokenizer (8 characters a token is more than English ever takes)."""
+    dolly = [json.loads(line) for line in DOLLY.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for index in range(count):
+        parts, next_row = [], index
+        while sum(len(part) for part in parts) < 8 * seq_len:
+            parts.append(dolly[next_row % len(dolly)]["output"])
+            next_row += 1
+        rows.append({"prompt": dolly[index % len(dolly)]["prompt"], "completion": "\n\n".join(parts)})
+    return rows
+
+
+class ResidentPeak:
+    """The process's peak resident memory since the last `restart()`, sampled every millisecond on a thread."""
+
+    def __init__(self, interval=0.001):
+        self._process = psutil.Process()
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._stop.wait(self._interval):
+            rss = self._process.memory_info().rss
+            with self._lock:
+                self.peak = max(self.peak, rss)
+
+    def restart(self):
+        """Start a new window; returns the resident memory now."""
+        rss = self._process.memory_info().rss
+        with self._lock:
+            self.peak = rss
+        return rss
+
+    def read(self):
+        rss = self._process.memory_info().rss
+        with self._lock:
+            self.peak = max(self.peak, rss)
+            return self.peak
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def step_meter(device, warmup):
+    """A TrainerCallback recording seconds and memory of every step after the first `warmup`."""
+    from transformers import TrainerCallback
+
+    cuda = device == "cuda"
+
+    class StepMeter(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.cpu_seconds, self.step_peaks, self.total_peaks = [], [], [], []
+            self._resident = None if cuda else ResidentPeak()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                self._held = torch.cuda.memory_allocated()
+            else:
+                self._held = self._resident.restart()
+            self._started, self._cpu_started = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            seconds, cpu_seconds = time.perf_counter() - self._started, time.process_time() - self._cpu_started
+            peak = torch.cuda.max_memory_allocated() if cuda else self._resident.read()
+            if state.global_step > warmup:
+                self.seconds.append(seconds)
+                self.cpu_seconds.append(cpu_seconds)
+                self.step_peaks.append((peak - self._held) / MIB)
+                self.total_peaks.append(peak / MIB)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self._resident is not None:
+                self._resident.close()
+
+    return StepMeter()
+
+
+def run_worker(args):
+    """Train `warmup + steps` steps of one variant and print its figures as one JSON line."""
+    import transformers
+    from datasets import Dataset
+
+    from hf_dwakd import DWAKDConfig, DWAKDTrainer
+
+    transformers.logging.set_verbosity_error()
+    options = VARIANTS[args.worker]
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student = random_causal_lm(student_tokenizer, "gpt2", args.student_hidden, args.student_layers, 1, args.device)
+    uses_teacher = options["kd_method"] != "sft"
+    teacher = None
+    if uses_teacher:
+        teacher = random_causal_lm(teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device)
+    total_steps = args.warmup + args.steps
+    config = DWAKDConfig(
+        output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "hf_dwakd_step_cost"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=total_steps,
+        learning_rate=5e-4,
+        logging_steps=total_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=args.device == "cpu",
+        bf16=args.bf16,
+        dataloader_num_workers=0,
+        seed=0,
+        max_length=args.seq_len,
+        max_prompt_length=args.seq_len // 2,
+        **options,
+    )
+    meter = step_meter(args.device, args.warmup)
+    trainer = DWAKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=Dataset.from_list(dolly_rows(args.batch_size * total_steps, args.seq_len)),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer if uses_teacher else None,
+        callbacks=[meter],
+    )
+    data = trainer.train_dataset
+    trainer.train()
+
+    def mean_tokens(column):
+        return statistics.mean(len(ids) for ids in data[column])
+
+    def mean_responses(column):
+        return statistics.mean(sum(label != -100 for label in labels) for labels in data[column])
+
+    result = {
+        "variant": args.worker,
+        "seconds": statistics.median(meter.seconds),
+        "cpu_seconds": statistics.median(meter.cpu_seconds),
+        "step_peak_mib": max(meter.step_peaks),
+        "total_peak_mib": max(meter.total_peaks),
+        "student_tokens": mean_tokens("input_ids"),
+        "student_response_tokens": mean_responses("labels"),
+        "teacher_tokens": mean_tokens("teacher_input_ids") if uses_teacher else None,
+        "teacher_response_tokens": mean_responses("teacher_labels") if uses_teacher else None,
+    }
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# ---- the driver: one subprocess per method, then the table -------------------------------------------------------
+
+
+WORKER_OPTIONS = (
+    "device", "steps", "warmup", "batch_size", "seq_len", "student_hidden", "student_layers", "teacher_hidden",
+    "teacher_layers",
+)
+
+
+def run_variant(variant, args):
+    """The worker's figures, or None (its error printed) when it failed."""
+    command = [sys.executable, __file__, "--worker", variant, *(["--bf16"] if args.bf16 else [])]
+    for name in WORKER_OPTIONS:
+        command += [f"--{name}", str(getattr(args, name))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        print(f"{variant} failed (exit {done.returncode}):\n{done.stderr[-4000:]}", file=sys.stderr, flush=True)
+        return None
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def print_table(results, args):
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    print(
+        f"\n{device}, {'bf16' if args.bf16 else 'fp32'}, batch {args.batch_size}, seq_len {args.seq_len}, median of "
+        f"{args.steps} steps after {args.warmup} warm-up; student gpt2 d={args.student_hidden} x{args.student_layers}, "
+        f"teacher llama d={args.teacher_hidden} x{args.teacher_layers}\n"
+    )
+    print(
+        "| method | s/step | CPU s/step | step peak MiB | total peak MiB "
+        "| tokens / response tokens (student, teacher) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in results.values():
+        tokens = f"{r['student_tokens']:.0f} / {r['student_response_tokens']:.0f}"
+        if r["teacher_tokens"] is not None:
+            tokens += f", {r['teacher_tokens']:.0f} / {r['teacher_response_tokens']:.0f}"
+        print(
+            f"| {r['variant']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['step_peak_mib']:.0f} "
+            f"| {r['total_peak_mib']:.0f} | {tokens} |"
+        )
+    if "dwakd" in results and "dskd" in results:
+        ours, dskd = results["dwakd"], results["dskd"]
+        print(
+            f"\ndwakd / dskd: time {ours['seconds'] / dskd['seconds']:.2f} (paper {PAPER_TIME_RATIO:.2f}), CPU time "
+            f"{ours['cpu_seconds'] / dskd['cpu_seconds']:.2f}, "
+            f"step peak memory {ours['step_peak_mib'] / dskd['step_peak_mib']:.2f}, total peak memory "
+            f"{ours['total_peak_mib'] / dskd['total_peak_mib']:.2f} (paper {PAPER_MEMORY_RATIO:.2f}, 7B-scale weights "
+            "included)"
+        )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return
+    print(f"load average before: {' '.join(f'{load:.2f}' for load in os.getloadavg())}", flush=True)
+    results = {}
+    for variant in args.methods:
+        started = time.perf_counter()
+        result = run_variant(variant, args)
+        if result is not None:
+            results[variant] = result
+            print(
+                f"{variant}: {result['seconds']:.3f} s/step, {result['step_peak_mib']:.0f} MiB step peak "
+                f"(done in {time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    print_table(results, args)
+    print(f"\nload average after: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
