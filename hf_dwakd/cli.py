@@ -80,7 +80,7 @@ class RecipeParser(TrlParser):
                 continue
             try:
                 config[key] = _checked_value(value, actions[key], key in dict_fields)
-            except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            except ValueError as error:
                 problems.append(f"`{key}`: {error}")
         if problems:
             raise ValueError(
@@ -90,8 +90,14 @@ class RecipeParser(TrlParser):
         return super().set_defaults_with_config(**config)
 
 
+TRAIN_DESCRIPTION = (
+    "Distil a student from a teacher with DWA-KD. Options may come from a YAML recipe given with --config RECIPE.yaml "
+    "(its keys are the option names below, plus `env:` for environment variables); flags override the recipe."
+)
+
+
 def build_train_parser():
-    return RecipeParser(TRAIN_DATACLASSES, prog="hf-dwakd train", description=__doc__.splitlines()[0])
+    return RecipeParser(TRAIN_DATACLASSES, prog="hf-dwakd train", description=TRAIN_DESCRIPTION)
 
 
 def parse_train_arguments(argv):
@@ -132,6 +138,13 @@ def check_train_arguments(script_args, training_args, model_args):
             raise ValueError(
                 f"`dataset_files` has no {script_args.dataset_train_split!r} split (the `dataset_train_split`): "
                 f"got splits {sorted(files)}; write the training file as {script_args.dataset_train_split}=PATH."
+            )
+        evaluating = training_args.eval_strategy != "no" and script_args.rouge_selection_data_dir is None
+        if evaluating and script_args.dataset_test_split not in files:
+            raise ValueError(
+                f"`eval_strategy` is {training_args.eval_strategy.value!r} but `dataset_files` has no "
+                f"{script_args.dataset_test_split!r} split (the `dataset_test_split`): add "
+                f"{script_args.dataset_test_split}=PATH, or set eval_strategy to 'no'."
             )
     if script_args.rouge_selection_data_dir is not None:
         _existing_path("rouge_selection_data_dir", os.path.join(script_args.rouge_selection_data_dir, "dolly", "dev.jsonl"))
@@ -307,7 +320,10 @@ def _checked_value(value, action, accepts_dict):
 def _converted(value, action):
     if action.type is None:
         return value
-    converted = action.type(value if isinstance(value, str) else str(value))
+    try:
+        converted = action.type(value if isinstance(value, str) else str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        raise ValueError(f"{value!r} is not a valid value for this field ({error})") from None
     if action.choices is not None and converted not in action.choices:
         choices = ", ".join(str(getattr(choice, "value", choice)) for choice in action.choices)
         raise ValueError(f"{value!r} is not one of {choices}")
