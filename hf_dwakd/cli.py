@@ -83,10 +83,8 @@ class RecipeParser(TrlParser):
             except ValueError as error:
                 problems.append(f"`{key}`: {error}")
         if problems:
-            raise ValueError(
-                f"Recipe {self.config_path}: {'; '.join(problems)}. Every key must be a field listed by "
-                "`hf-dwakd train --help`."
-            )
+            hint = " Recipe keys are the options of `hf-dwakd train --help`." if "unknown key" in str(problems) else ""
+            raise ValueError(f"Recipe {self.config_path}: {'; '.join(problems)}.{hint}")
         return super().set_defaults_with_config(**config)
 
 
@@ -147,12 +145,18 @@ def check_train_arguments(script_args, training_args, model_args):
                 f"{script_args.dataset_test_split}=PATH, or set eval_strategy to 'no'."
             )
     if script_args.rouge_selection_data_dir is not None:
-        _existing_path("rouge_selection_data_dir", os.path.join(script_args.rouge_selection_data_dir, "dolly", "dev.jsonl"))
+        dev_file = os.path.join(script_args.rouge_selection_data_dir, "dolly", "dev.jsonl")
+        _existing_path("rouge_selection_data_dir", dev_file)
         if training_args.eval_strategy == "no":
             raise ValueError(
                 "`rouge_selection_data_dir` scores each evaluation, but `eval_strategy` is 'no': set eval_strategy to "
                 "'epoch' or 'steps'."
             )
+    if script_args.rouge_selection_max_examples is not None and script_args.rouge_selection_max_examples < 1:
+        raise ValueError(
+            f"`rouge_selection_max_examples` must be at least 1 (or unset for all), got "
+            f"{script_args.rouge_selection_max_examples}."
+        )
     if isinstance(training_args.resume_from_checkpoint, str):
         _existing_path("resume_from_checkpoint", training_args.resume_from_checkpoint)
 
@@ -189,7 +193,8 @@ def load_train_datasets(script_args, training_args):
     else:
         dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
         source = f"dataset {script_args.dataset_name!r}"
-    train_dataset = _with_dolly_prompts(_split(dataset, script_args.dataset_train_split, "dataset_train_split", source))
+    train_split = _split(dataset, script_args.dataset_train_split, "dataset_train_split", source)
+    train_dataset = _with_dolly_prompts(train_split)
 
     selection_examples = None
     eval_dataset = None
@@ -199,7 +204,8 @@ def load_train_datasets(script_args, training_args):
         rows = [{"prompt": example.prompt, "output": example.references[0]} for example in selection_examples]
         eval_dataset = Dataset.from_list(rows)
     elif training_args.eval_strategy != "no":
-        eval_dataset = _with_dolly_prompts(_split(dataset, script_args.dataset_test_split, "dataset_test_split", source))
+        eval_split = _split(dataset, script_args.dataset_test_split, "dataset_test_split", source)
+        eval_dataset = _with_dolly_prompts(eval_split)
     return train_dataset, eval_dataset, selection_examples
 
 

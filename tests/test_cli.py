@@ -39,7 +39,10 @@ def write_recipe(path, **fields):
 def models(tmp_path_factory):
     """Folders of a tiny GPT-2 student and a tiny Llama teacher, each with its real tokenizer."""
     root = tmp_path_factory.mktemp("models")
-    for role, tokenizer_name, family, hidden_size in (("student", "gpt2", "gpt2", 16), ("teacher", "llama2", "llama", 24)):
+    for role, tokenizer_name, family, hidden_size in (
+        ("student", "gpt2", "gpt2", 16),
+        ("teacher", "llama2", "llama", 24),
+    ):
         tokenizer = load_tokenizer(tokenizer_name)
         tiny_causal_lm(tokenizer, family=family, hidden_size=hidden_size, seed=3).save_pretrained(root / role)
         tokenizer.save_pretrained(root / role)
@@ -123,7 +126,8 @@ def test_recipe_and_flags_fill_the_three_dataclasses(base, tmp_path, monkeypatch
     assert training_args.dtw_gamma == 3.0  # the flag wins over the recipe
     assert training_args.use_dtw_band is False
     assert training_args.teacher_model_init_kwargs == {"dtype": "bfloat16"}
-    assert (model_args.use_peft, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (True, 256, 8, 0.1)
+    lora = (model_args.use_peft, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout)
+    assert lora == (True, 256, 8, 0.1)
     assert model_args.lora_target_modules == "c_attn"
     assert os.environ["DWAKD_TEST_VARIABLE"] == "set"
 
@@ -148,7 +152,7 @@ def test_bad_recipe_key_or_value_names_key_and_file(base, tmp_path, fields, mess
     assert message in str(error.value) and recipe in str(error.value)
 
 
-MISSING = [
+BAD_FIELDS = [
     ("model_name_or_path", None, "`model_name_or_path` (the student) is required"),
     ("teacher_model_name_or_path", None, "kd_method='dwakd' needs `teacher_model_name_or_path`"),
     ("dataset_files", None, "No training data: set `dataset_name`"),
@@ -156,11 +160,13 @@ MISSING = [
     ("teacher_model_name_or_path", "./no-teacher", "`teacher_model_name_or_path`: ./no-teacher does not exist"),
     ("dataset_files", ["train=/no/such/train.jsonl"], "`dataset_files`: /no/such/train.jsonl does not exist"),
     ("resume_from_checkpoint", "/no/checkpoint-5", "`resume_from_checkpoint`: /no/checkpoint-5 does not exist"),
+    ("rouge_selection_max_examples", 0, "`rouge_selection_max_examples` must be at least 1"),
+    ("dataset_streaming", True, "`dataset_streaming` is not supported"),
 ]
 
 
-@pytest.mark.parametrize("field, value, message", MISSING)
-def test_missing_field_or_path_is_named(base, tmp_path, field, value, message):
+@pytest.mark.parametrize("field, value, message", BAD_FIELDS)
+def test_missing_or_bad_field_or_path_is_named(base, tmp_path, field, value, message):
     fields = {**base, field: value}
     recipe = write_recipe(tmp_path / "recipe.yaml", **{k: v for k, v in fields.items() if v is not None})
     with pytest.raises((ValueError, FileNotFoundError)) as error:
@@ -232,7 +238,7 @@ def test_main_refuses_before_loading_any_model(base, tmp_path, monkeypatch, caps
 
 def test_databricks_dolly_rows_get_the_paper_template(base, tmp_path):
     rows = [
-        {"instruction": "Summarise this.", "context": "A long text.", "response": "Short.", "category": "summarization"},
+        {"instruction": "Summarise this.", "context": "A long text.", "response": "Short.", "category": "summary"},
         {"instruction": "Name a fruit.", "context": "", "response": "Apple.", "category": "open_qa"},
     ]
     dolly = write_jsonl(tmp_path / "dolly15k.jsonl", rows)
