@@ -13,13 +13,14 @@ import warnings
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
+from .baselines import MinEDAligner
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
-from .baselines import MinEDAligner
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .projectors import DWAKDProjectors
@@ -271,9 +272,23 @@ class DWAKDTrainer(SFTTrainer):
             outputs.hidden_states[-1],
             embeddings[0],
             labels,
-            unwrapped.get_output_embeddings().weight,
+            self._full_lm_head_weight(unwrapped.get_output_embeddings().weight),
             vocab_size,
         )
+
+    def _full_lm_head_weight(self, weight):
+        """The LM head weight whole, outside the forward pass (DWA-KD multiplies by it, detached).
+
+        ZeRO-3 and FSDP2 keep parameters sharded between forwards: gather a detached copy there.
+        """
+        if isinstance(weight, DTensor):
+            return weight.full_tensor().detach()
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([weight]):
+                return weight.detach().clone()
+        return weight
 
     def _record_metrics(self, mode, metrics, token_sum_scale):
         """Queue each component for `log()`: averaged over the logging window and across processes.

@@ -8,7 +8,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hf_dwakd import DWAKDConfig, DWAKDTrainer
+from hf_dwakd import DWAKDTrainer
 from hf_dwakd.trainer import PROJECTORS_NAME
 
 from conftest import load_tokenizer, tiny_causal_lm
