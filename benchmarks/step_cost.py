@@ -12,7 +12,8 @@ Dolly responses joined) so that every example fills `--seq_len` tokens on the si
 `dwakd_no_dtw` is DWA-KD with `use_dtw=False`: the difference to `dwakd` is the Soft-DTW alignment's cost.
 
 Time is the median over `--steps` steps after `--warmup` untimed ones (Numba compilation, optimizer state):
-wall seconds, and the process's CPU seconds (all threads), which a shared machine's load disturbs less.
+wall seconds, and the process's CPU seconds (all threads), which a shared CPU's load disturbs less (threads
+spinning at OpenMP barriers or on a CUDA synchronize still count: on CUDA the two are about equal).
 Memory: "step peak" is the peak during a step above the memory held when it starts (activations, logits, loss
 intermediates, gradients); "total peak" is the absolute peak, model weights and optimizer state included (on
 CUDA `torch.cuda.max_memory_allocated`, on CPU the process's resident set, sampled every millisecond).
@@ -309,7 +310,7 @@ def print_table(results, args):
         if r["teacher_tokens"] is not None:
             tokens += f", {r['teacher_tokens']:.0f} / {r['teacher_response_tokens']:.0f}"
         print(
-            f"| {r['variant']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['step_peak_mib']:.0f} "
+            f"| {r['variant']} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {r['step_peak_mib']:.0f} "
             f"| {r['total_peak_mib']:.0f} | {tokens} |"
         )
     if "dwakd" in results and "dskd" in results:
@@ -336,8 +337,8 @@ def main(argv=None):
         if result is not None:
             results[variant] = result
             print(
-                f"{variant}: {result['seconds']:.3f} s/step, {result['step_peak_mib']:.0f} MiB step peak "
-                f"(done in {time.perf_counter() - started:.0f} s)",
+                f"{variant}: {result['seconds']:.3f} s/step, {result['step_peak_mib']:.0f} MiB step peak, "
+                f"{result['total_peak_mib']:.0f} MiB total peak (done in {time.perf_counter() - started:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
