@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -221,7 +222,7 @@ def run_worker(args):
         teacher = random_causal_lm(teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device)
     total_steps = args.warmup + args.steps
     config = DWAKDConfig(
-        output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "hf_dwakd_step_cost"),
+        output_dir=str(Path(tempfile.gettempdir()) / "hf_dwakd_step_cost"),
         per_device_train_batch_size=args.batch_size,
         max_steps=total_steps,
         learning_rate=5e-4,
