@@ -185,6 +185,8 @@ class DWAKDTrainer(SFTTrainer):
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(teacher_model, self.accelerator)
         if self.is_fsdp_enabled:
+            if self.accelerator.state.fsdp_plugin.fsdp_version == 2:
+                _shard_each_layer(teacher_model)
             return prepare_fsdp(teacher_model, self.accelerator)
         return self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
@@ -365,6 +367,20 @@ def _captured_output(module):
         yield captured
     finally:
         handle.remove()
+
+
+def _shard_each_layer(model):
+    """FSDP2-shard every decoder layer of a model that only runs forwards.
+
+    TRL's `prepare_fsdp` shards the root alone, and a root never reshards after a forward without backward, so
+    the whole teacher would stay gathered on every GPU; sharded layer by layer, only the root's own weights do.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    layer_classes = set(model._no_split_modules or [])
+    for module in model.modules():
+        if type(module).__name__ in layer_classes:
+            fully_shard(module)
 
 
 def _resolve_teacher_argument(teacher_model, args):
