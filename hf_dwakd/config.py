@@ -13,10 +13,8 @@ KD_METHODS = ("dwakd", "sft", "dskd", "uld", "mined", "multilevel_ot")
 WITH_TEACHER = KD_METHODS[:1] + KD_METHODS[2:]
 WITH_PROJECTORS = ("dwakd", "dskd")
 # Fields that only some methods read; setting one for another method is refused (it would silently do nothing).
+# The teacher fields are not among them: a pair's recipe stays usable with `kd_method="sft"`, which ignores them.
 FIELD_METHODS = {
-    "teacher_model_name_or_path": WITH_TEACHER,
-    "teacher_model_init_kwargs": WITH_TEACHER,
-    "teacher_tokenizer_name_or_path": WITH_TEACHER,
     "ce_weight": WITH_TEACHER,
     "kd_weight": WITH_TEACHER,
     "kd_temperature": WITH_TEACHER,

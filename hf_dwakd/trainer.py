@@ -385,8 +385,8 @@ def _shard_each_layer(model):
 
 def _resolve_teacher_argument(teacher_model, args):
     if not args.needs_teacher:
-        if teacher_model is not None:
-            warnings.warn(f"kd_method={args.kd_method!r} uses no teacher; the `teacher_model` passed is ignored.")
+        if teacher_model is not None or args.teacher_model_name_or_path is not None:
+            warnings.warn(f"kd_method={args.kd_method!r} uses no teacher; the teacher given is not loaded.")
         return None
     if teacher_model is not None and not isinstance(teacher_model, str) and args.teacher_model_init_kwargs:
         raise ValueError(

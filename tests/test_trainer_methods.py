@@ -88,7 +88,7 @@ def test_sft_loss_is_the_student_cross_entropy(tmp_path):
         (dict(kd_method="uld", dtw_weight=0.3), "dwakd"),
         (dict(kd_method="dskd", uld_top_k=10), "uld"),
         (dict(kd_method="dwakd", ot_top_k=10), "multilevel_ot"),
-        (dict(kd_method="sft", teacher_model_name_or_path="some/teacher"), "dwakd / dskd"),
+        (dict(kd_method="sft", kd_weight=0.3), "dwakd / dskd"),
         (dict(kd_method="uld", projector_learning_rate=1e-2), "dwakd / dskd"),
     ],
 )
@@ -96,6 +96,18 @@ def test_options_of_another_method_are_refused(tmp_path, overrides, owner):
     name = next(key for key in overrides if key != "kd_method")
     with pytest.raises(ValueError, match=f"`{name}` belongs to kd_method {owner}"):
         make_config(tmp_path, **overrides)
+
+
+def test_sft_ignores_a_teacher_with_a_warning(tmp_path):
+    tokenizer = load_tokenizer("gpt2")
+    with pytest.warns(UserWarning, match="uses no teacher"):
+        trainer = DWAKDTrainer(
+            model=tiny_causal_lm(tokenizer, hidden_size=16, seed=1),
+            args=make_config(tmp_path, kd_method="sft", teacher_model_name_or_path=str(tmp_path / "never-loaded")),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=tokenizer,
+        )
+    assert trainer.teacher_model is None
 
 
 def test_dwakd_without_the_embedding_pair_builds_no_embedding_projector(tmp_path):
