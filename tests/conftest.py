@@ -57,6 +57,23 @@ def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, voca
     return LlamaForCausalLM(config)
 
 
+def logits_side(logits, labels, vocab_size=None):
+    """A `SideOutputs` holding only logits (with gradient) and labels; hidden states and embeddings are zeros."""
+    from hf_dwakd.objective.outputs import SideOutputs
+
+    logits = torch.as_tensor(logits, dtype=torch.float32)
+    batch, length, width = logits.shape
+    return SideOutputs(
+        logits=logits.clone().requires_grad_(True),
+        hidden=torch.zeros(batch, length, 2, requires_grad=True),
+        input_embeds=torch.zeros(batch, length, 2),
+        target_embeds=torch.zeros(batch, length, 2),
+        labels=torch.as_tensor(labels),
+        lm_head_weight=torch.zeros(width, 2),
+        vocab_size=vocab_size or width,
+    )
+
+
 @pytest.fixture(scope="session")
 def student_tokenizer():
     return load_tokenizer("gpt2")

@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import logits_side
 
-from hf_dwakd.baselines import MinEDAligner, mined_loss
-from hf_dwakd.baselines import mined_vocab
+from hf_dwakd.baselines import MinEDAligner, mined_loss, mined_vocab
 from hf_dwakd.baselines.edit_distance import align_sequences, nearest_strings
 from hf_dwakd.baselines.mined import project_teacher_logits
 from hf_dwakd.baselines.token_text import token_texts
-from hf_dwakd.objective.outputs import IGNORE_INDEX, SideOutputs
+from hf_dwakd.objective.outputs import IGNORE_INDEX
 
 P = IGNORE_INDEX
 
@@ -161,20 +161,6 @@ def test_teacher_positions_pair_tokens_of_the_same_text(aligner, student_tokeniz
 # ---- the loss on a hand-checkable case ----------------------------------------------------------------------
 
 
-def make_side(logits, labels):
-    logits = torch.as_tensor(logits, dtype=torch.float32)
-    batch, length, width = logits.shape
-    return SideOutputs(
-        logits=logits.clone().requires_grad_(True),
-        hidden=torch.zeros(batch, length, 2, requires_grad=True),
-        input_embeds=torch.zeros(batch, length, 2),
-        target_embeds=torch.zeros(batch, length, 2),
-        labels=torch.as_tensor(labels),
-        lm_head_weight=torch.zeros(width, 2),
-        vocab_size=width,
-    )
-
-
 TEACHER_TO_STUDENT = torch.tensor([0, 0, 2, 1])  # teacher vocab 4 -> student vocab 3
 TEACHER_LOGITS = [[[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 0.5, -1.0], [0.3, -0.2, 1.5, 0.0]]]
 TEACHER_LABELS = [[P, 3, 1]]
@@ -193,7 +179,7 @@ def softmax(values):
 
 def test_hand_checked_case():
     student_logits = torch.tensor([[[0.0, 0.0, 0.0], [0.2, -0.4, 1.0], [0.5, 0.1, -0.3], [-1.0, 0.7, 0.2]]])
-    student, teacher = make_side(student_logits, STUDENT_LABELS), make_side(TEACHER_LOGITS, TEACHER_LABELS)
+    student, teacher = logits_side(student_logits, STUDENT_LABELS), logits_side(TEACHER_LOGITS, TEACHER_LABELS)
     kd, metrics = mined_loss(student, teacher, teacher_positions=POSITIONS, teacher_to_student=TEACHER_TO_STUDENT)
     p = [softmax(row) for row in student_logits[0].tolist()]
     q1 = softmax([max(1.0, 2.0), -1.0, 0.5])  # student token 0 <- teacher tokens 0 and 1; 1 <- 3; 2 <- 2
@@ -219,9 +205,9 @@ def test_top_k_carries_only_the_teachers_most_probable_tokens():
     torch.testing.assert_close(projected, torch.tensor([[2.0, inf, inf], [0.3, inf, 1.5]]))
     everything = project_teacher_logits(logits, TEACHER_TO_STUDENT, 3, top_k=None)
     torch.testing.assert_close(everything, torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.0, 1.5]]))
-    student = make_side(torch.randn(1, 4, 3), STUDENT_LABELS)
+    student = logits_side(torch.randn(1, 4, 3), STUDENT_LABELS)
     kd, _ = mined_loss(
-        student, make_side(TEACHER_LOGITS, TEACHER_LABELS), 1,
+        student, logits_side(TEACHER_LOGITS, TEACHER_LABELS), 1,
         teacher_positions=POSITIONS, teacher_to_student=TEACHER_TO_STUDENT, top_k=2,
     )
     log_p = torch.log_softmax(student.logits.detach()[0], dim=-1)
@@ -231,7 +217,7 @@ def test_top_k_carries_only_the_teachers_most_probable_tokens():
 
 
 def test_gradient_reaches_the_student_response_logits_only():
-    student, teacher = make_side(torch.randn(1, 4, 3), STUDENT_LABELS), make_side(TEACHER_LOGITS, TEACHER_LABELS)
+    student, teacher = logits_side(torch.randn(1, 4, 3), STUDENT_LABELS), logits_side(TEACHER_LOGITS, TEACHER_LABELS)
     kd, _ = mined_loss(student, teacher, teacher_positions=POSITIONS, teacher_to_student=TEACHER_TO_STUDENT)
     kd.backward()
     per_position = student.logits.grad.abs().sum(dim=-1)[0]
@@ -240,7 +226,7 @@ def test_gradient_reaches_the_student_response_logits_only():
 
 
 def test_bad_alignment_input_is_refused():
-    student, teacher = make_side(torch.randn(1, 4, 3), STUDENT_LABELS), make_side(TEACHER_LOGITS, TEACHER_LABELS)
+    student, teacher = logits_side(torch.randn(1, 4, 3), STUDENT_LABELS), logits_side(TEACHER_LOGITS, TEACHER_LABELS)
 
     def run(positions=POSITIONS, mapping=TEACHER_TO_STUDENT):
         mined_loss(student, teacher, teacher_positions=positions, teacher_to_student=mapping)

@@ -6,29 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import logits_side
 
 from hf_dwakd.baselines import multilevel_ot_loss
 from hf_dwakd.baselines.multilevel_ot import sinkhorn_plan
-from hf_dwakd.objective.outputs import IGNORE_INDEX, SideOutputs
+from hf_dwakd.objective.outputs import IGNORE_INDEX
 
 P = IGNORE_INDEX
 OPTIONS = dict(
     top_k=3, temperature=1.5, log_weight=0.1, sinkhorn_weight=0.1, sinkhorn_epsilon=0.1, sinkhorn_iterations=20
 )
-
-
-def make_side(logits, labels):
-    logits = torch.as_tensor(logits, dtype=torch.float32)
-    batch, length, width = logits.shape
-    return SideOutputs(
-        logits=logits.clone().requires_grad_(True),
-        hidden=torch.zeros(batch, length, 2, requires_grad=True),
-        input_embeds=torch.zeros(batch, length, 2),
-        target_embeds=torch.zeros(batch, length, 2),
-        labels=torch.as_tensor(labels),
-        lm_head_weight=torch.zeros(width, 2),
-        vocab_size=width,
-    )
 
 
 def direct_sum(student_logits, student_labels, teacher_logits, teacher_labels, top_k, temperature, log_weight,
@@ -64,7 +51,7 @@ TEACHER_LABELS = [[P, P, 1, 2, 0]]
 def test_matches_a_direct_computation():
     torch.manual_seed(0)
     student_logits, teacher_logits = 2 * torch.randn(1, 6, 6), 2 * torch.randn(1, 5, 5)
-    student, teacher = make_side(student_logits, STUDENT_LABELS), make_side(teacher_logits, TEACHER_LABELS)
+    student, teacher = logits_side(student_logits, STUDENT_LABELS), logits_side(teacher_logits, TEACHER_LABELS)
     kd, metrics = multilevel_ot_loss(student, teacher, **OPTIONS)
     expected = direct_sum(student_logits[0], STUDENT_LABELS[0], teacher_logits[0], TEACHER_LABELS[0], **OPTIONS)
     assert kd.item() == pytest.approx(expected / 4, rel=1e-4)  # 4 student response tokens
@@ -78,7 +65,7 @@ def test_batch_is_the_sum_of_its_examples():
     student_labels = torch.tensor([[P, 1, 2, 3, 4, P], [P, P, P, 1, 2, 3]])
     teacher_labels = torch.tensor([[P, P, 1, 2, P], [P, 1, 2, 3, 0]])
     batch, _ = multilevel_ot_loss(
-        make_side(student_logits, student_labels), make_side(teacher_logits, teacher_labels), 1, **OPTIONS
+        logits_side(student_logits, student_labels), logits_side(teacher_logits, teacher_labels), 1, **OPTIONS
     )
     expected = sum(
         direct_sum(student_logits[b], student_labels[b], teacher_logits[b], teacher_labels[b], **OPTIONS)
@@ -102,14 +89,14 @@ def test_an_example_without_teacher_response_adds_nothing():
     student_logits, teacher_logits = torch.randn(2, 6, 7), torch.randn(2, 5, 6)
     student_labels = torch.tensor([[P, 1, 2, 3, 4, P], [P, P, P, 1, 2, 3]])
     teacher_labels = torch.tensor([[P, P, 1, 2, P], [P, P, P, P, P]])
-    student, teacher = make_side(student_logits, student_labels), make_side(teacher_logits, teacher_labels)
+    student, teacher = logits_side(student_logits, student_labels), logits_side(teacher_logits, teacher_labels)
     kd, _ = multilevel_ot_loss(student, teacher, 1, **OPTIONS)
     first = direct_sum(student_logits[0], student_labels[0], teacher_logits[0], teacher_labels[0], **OPTIONS)
     assert kd.item() == pytest.approx(first, rel=1e-4)
 
 
 def test_gradient_reaches_the_student_response_logits_only():
-    student, teacher = make_side(torch.randn(1, 6, 6), STUDENT_LABELS), make_side(torch.randn(1, 5, 5), TEACHER_LABELS)
+    student, teacher = logits_side(torch.randn(1, 6, 6), STUDENT_LABELS), logits_side(torch.randn(1, 5, 5), TEACHER_LABELS)
     kd, _ = multilevel_ot_loss(student, teacher, **OPTIONS)
     kd.backward()
     per_position = student.logits.grad.abs().sum(dim=-1)[0]
@@ -119,7 +106,7 @@ def test_gradient_reaches_the_student_response_logits_only():
 
 
 def test_bad_options_are_refused():
-    student, teacher = make_side(torch.randn(1, 6, 6), STUDENT_LABELS), make_side(torch.randn(1, 5, 5), TEACHER_LABELS)
+    student, teacher = logits_side(torch.randn(1, 6, 6), STUDENT_LABELS), logits_side(torch.randn(1, 5, 5), TEACHER_LABELS)
     with pytest.raises(ValueError, match="top_k"):
         multilevel_ot_loss(student, teacher, top_k=0)
     with pytest.raises(ValueError, match="sinkhorn_epsilon"):

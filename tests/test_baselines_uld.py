@@ -4,25 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import logits_side
 
 from hf_dwakd.baselines import uld_loss
-from hf_dwakd.objective.outputs import IGNORE_INDEX, SideOutputs
+from hf_dwakd.objective.outputs import IGNORE_INDEX
 
 P = IGNORE_INDEX
-
-
-def make_side(logits, labels, vocab_size=None):
-    logits = torch.as_tensor(logits, dtype=torch.float32)
-    batch, length, width = logits.shape
-    return SideOutputs(
-        logits=logits.clone().requires_grad_(True),
-        hidden=torch.zeros(batch, length, 2, requires_grad=True),
-        input_embeds=torch.zeros(batch, length, 2),
-        target_embeds=torch.zeros(batch, length, 2),
-        labels=torch.as_tensor(labels),
-        lm_head_weight=torch.zeros(width, 2),
-        vocab_size=vocab_size or width,
-    )
 
 
 def log_of(probabilities):
@@ -46,8 +33,8 @@ TEACHER_LABELS = [[P, 1, 0, P]]
 
 
 def test_hand_checked_case():
-    student = make_side(log_of(STUDENT_PROBS), STUDENT_LABELS)
-    teacher = make_side(log_of(TEACHER_PROBS), TEACHER_LABELS)
+    student = logits_side(log_of(STUDENT_PROBS), STUDENT_LABELS)
+    teacher = logits_side(log_of(TEACHER_PROBS), TEACHER_LABELS)
     kd, metrics = uld_loss(student, teacher)
     # Pairs: student positions 2, 3 with teacher positions 1, 2; student position 4 has no partner.
     expected_sum = sorted_l1([0.1, 0.1, 0.8], [0.7, 0.3]) + sorted_l1([0.3, 0.3, 0.4], [0.25, 0.75])
@@ -63,11 +50,11 @@ def test_batch_is_the_sum_of_its_examples():
     student_logits, teacher_logits = torch.randn(2, 6, 7), torch.randn(2, 5, 4)
     student_labels = torch.tensor([[P, 1, 2, 3, 4, P], [P, P, P, 1, 2, 3]])
     teacher_labels = torch.tensor([[P, P, 1, 2, P], [P, 1, 2, 3, 0]])
-    batch, _ = uld_loss(make_side(student_logits, student_labels), make_side(teacher_logits, teacher_labels), 1)
+    batch, _ = uld_loss(logits_side(student_logits, student_labels), logits_side(teacher_logits, teacher_labels), 1)
     singles = sum(
         uld_loss(
-            make_side(student_logits[b : b + 1], student_labels[b : b + 1]),
-            make_side(teacher_logits[b : b + 1], teacher_labels[b : b + 1]),
+            logits_side(student_logits[b : b + 1], student_labels[b : b + 1]),
+            logits_side(teacher_logits[b : b + 1], teacher_labels[b : b + 1]),
             1,
         )[0]
         for b in range(2)
@@ -76,8 +63,8 @@ def test_batch_is_the_sum_of_its_examples():
 
 
 def test_top_k_keeps_the_head_and_the_tail_mass():
-    student = make_side(log_of(STUDENT_PROBS), STUDENT_LABELS)
-    teacher = make_side(log_of(TEACHER_PROBS), TEACHER_LABELS)
+    student = logits_side(log_of(STUDENT_PROBS), STUDENT_LABELS)
+    teacher = logits_side(log_of(TEACHER_PROBS), TEACHER_LABELS)
     exact, _ = uld_loss(student, teacher)
     assert uld_loss(student, teacher, top_k=3)[0].item() == pytest.approx(exact.item(), abs=1e-6)
     # k = 1: |p_(1) - q_(1)| plus |tail_p - tail_q|.
@@ -89,25 +76,25 @@ def test_top_k_keeps_the_head_and_the_tail_mass():
 
 def test_temperature_divides_the_logits():
     student_logits, teacher_logits = torch.randn(1, 5, 3), torch.randn(1, 4, 2)
-    student, teacher = make_side(student_logits, STUDENT_LABELS), make_side(teacher_logits, TEACHER_LABELS)
+    student, teacher = logits_side(student_logits, STUDENT_LABELS), logits_side(teacher_logits, TEACHER_LABELS)
     hot = uld_loss(student, teacher, temperature=2.0)
-    halved = uld_loss(make_side(student_logits / 2, STUDENT_LABELS), make_side(teacher_logits / 2, TEACHER_LABELS))
+    halved = uld_loss(logits_side(student_logits / 2, STUDENT_LABELS), logits_side(teacher_logits / 2, TEACHER_LABELS))
     assert hot[0].item() == pytest.approx(halved[0].item(), abs=1e-6)
 
 
 def test_padded_logit_columns_are_ignored():
     student_logits, teacher_logits = torch.randn(1, 5, 3), torch.randn(1, 4, 2)
-    plain, _ = uld_loss(make_side(student_logits, STUDENT_LABELS), make_side(teacher_logits, TEACHER_LABELS))
+    plain, _ = uld_loss(logits_side(student_logits, STUDENT_LABELS), logits_side(teacher_logits, TEACHER_LABELS))
     padded_student = torch.cat([student_logits, torch.full((1, 5, 2), 5.0)], dim=-1)
     padded, _ = uld_loss(
-        make_side(padded_student, STUDENT_LABELS, vocab_size=3), make_side(teacher_logits, TEACHER_LABELS)
+        logits_side(padded_student, STUDENT_LABELS, vocab_size=3), logits_side(teacher_logits, TEACHER_LABELS)
     )
     assert padded.item() == pytest.approx(plain.item(), abs=1e-6)
 
 
 def test_gradient_reaches_the_paired_student_logits_only():
-    student = make_side(torch.randn(1, 5, 3), STUDENT_LABELS)
-    teacher = make_side(torch.randn(1, 4, 2), TEACHER_LABELS)
+    student = logits_side(torch.randn(1, 5, 3), STUDENT_LABELS)
+    teacher = logits_side(torch.randn(1, 4, 2), TEACHER_LABELS)
     kd, _ = uld_loss(student, teacher)
     kd.backward()
     per_position = student.logits.grad.abs().sum(dim=-1)[0]
@@ -117,13 +104,13 @@ def test_gradient_reaches_the_paired_student_logits_only():
 
 
 def test_bad_input_is_refused():
-    student = make_side(torch.randn(1, 5, 3), STUDENT_LABELS)
-    teacher = make_side(torch.randn(1, 4, 2), TEACHER_LABELS)
+    student = logits_side(torch.randn(1, 5, 3), STUDENT_LABELS)
+    teacher = logits_side(torch.randn(1, 4, 2), TEACHER_LABELS)
     with pytest.raises(ValueError, match="top_k"):
         uld_loss(student, teacher, top_k=0)
     with pytest.raises(ValueError, match="teacher.vocab_size"):
-        uld_loss(student, make_side(torch.randn(1, 4, 2), TEACHER_LABELS, vocab_size=5))
+        uld_loss(student, logits_side(torch.randn(1, 4, 2), TEACHER_LABELS, vocab_size=5))
     with pytest.raises(ValueError, match="num_items_in_batch"):
         uld_loss(student, teacher, 0)
     with pytest.raises(ValueError, match="same examples"):
-        uld_loss(student, make_side(torch.randn(2, 4, 2), TEACHER_LABELS * 2))
+        uld_loss(student, logits_side(torch.randn(2, 4, 2), TEACHER_LABELS * 2))
