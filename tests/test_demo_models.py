@@ -70,8 +70,10 @@ def test_smollm2_converts_to_a_loadable_float32_folder_that_is_reused(smollm2_fo
     text = "Below is an instruction.\n\n### Response:\n  Café naïve 東京 😀\tdone"
     ids = tokenizer(text).input_ids
     assert tokenizer.decode(ids) == text
-    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.model_max_length) == ("<|im_end|>", "<|im_end|>", 8192)
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
+    assert tokenizer.model_max_length == 8192
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_folder)

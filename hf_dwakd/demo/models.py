@@ -8,9 +8,9 @@ import importlib.metadata
 import importlib.util
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)
