@@ -1,8 +1,10 @@
 """Token-level divergences between a model's distribution q and a target distribution p (METHOD.md §3).
 
 Every divergence takes logits (..., V), divides both by the temperature, works in float32 and returns one value
-per token (...). Log-probabilities are floored at `LOG_FLOOR` (far below float32's smallest probability, so no
-value changes) to keep terms finite when a logit is -inf; probabilities that underflow to 0 contribute 0.
+per token (...). Log-probabilities are floored at `LOG_FLOOR` (far below float32's smallest probability) to keep
+terms finite when a logit is -inf; probabilities that underflow to 0 contribute 0. The clamp is applied only when
+some log-probability lies below the floor (logits over temperature some 10^4 apart, or -inf), so the usual case
+skips its (tokens x V) pass.
 """
 
 import math
@@ -14,13 +16,31 @@ LOG_FLOOR = -1e4
 ADAPTIVE_KL_HEAD_MASS = 0.5  # AKL (Wu et al. 2024): the head is the teacher's top tokens holding this mass
 
 
-def log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.log_softmax(logits.float() / temperature, dim=-1).clamp(min=LOG_FLOOR)
+def floored(log_p: torch.Tensor) -> torch.Tensor:
+    """`log_p` clamped at `LOG_FLOOR`; returned as it is when nothing lies below (a cheap read-only check)."""
+    if log_p.numel() and log_p.amin() < LOG_FLOOR:
+        return log_p.clamp(min=LOG_FLOOR)
+    return log_p
+
+
+def log_probs(logits: torch.Tensor, temperature: float, unscaled: torch.Tensor | None = None) -> torch.Tensor:
+    """Floored log-softmax of `logits / temperature` in float32.
+
+    `unscaled`: the caller's `log_softmax(logits)` (temperature 1), reused when the temperature is 1.
+    """
+    if temperature == 1 and unscaled is not None:
+        return floored(unscaled)
+    logits = logits.float()
+    if temperature != 1:
+        logits = logits / temperature
+    return floored(torch.log_softmax(logits, dim=-1))
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_v p (log p - log q) from log-probabilities."""
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    # The same values as written: negated per token, not per entry, so the gradient into log q needs no negation
+    # pass; multiplied in place into the fresh difference, so no further (tokens x V) tensor is allocated.
+    return -(log_q - log_p).mul_(log_p.exp()).sum(dim=-1)
 
 
 def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
@@ -91,16 +111,22 @@ def divergence(
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
     skew: float = 0.1,
+    *,
+    unscaled: torch.Tensor | None = None,
+    target_unscaled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token divergence of the model distribution (`logits`) from the target (`target_logits`), float32.
 
     Whether the target carries gradient is the caller's choice (detach it for a fixed target). Where `mask` is
     False the value is 0 and no gradient flows. `skew` is the mixture weight of the skewed divergences.
+    `unscaled`, `target_unscaled`: each logit set's temperature-1 log-softmax if the caller has it (see `log_probs`).
     """
     check_divergence(name)
     if logits.shape != target_logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target_logits {tuple(target_logits.shape)} must match.")
-    values = DIVERGENCES[name](log_probs(logits, temperature), log_probs(target_logits, temperature), skew)
+    values = DIVERGENCES[name](
+        log_probs(logits, temperature, unscaled), log_probs(target_logits, temperature, target_unscaled), skew
+    )
     if mask is not None:
         values = torch.where(mask, values, 0.0)
     return values
