@@ -77,7 +77,3 @@ def s2t_logits(s2t_hidden: torch.Tensor, teacher_lm_head_weight: torch.Tensor) -
     weight = teacher_lm_head_weight.detach()
     return F.linear(s2t_hidden.to(weight.dtype), weight)
 
-
-def projector_cross_entropy(t2s_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token warm-up CE of the t2s logits against the student labels (float32, not reduced)."""
-    return F.cross_entropy(t2s_logits.float(), labels, reduction="none")

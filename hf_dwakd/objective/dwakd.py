@@ -31,8 +31,12 @@ def _dual_space_kd(
     attention: CrossModelAttention,
     options: DWAKDLossOptions,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Summed L_stu, L_tea, L_ce_t2s (METHOD.md §3), and the weight and accuracy statistics."""
-    student_terms = student_space(student, student_responses, attention.t2s_hidden[student_responses.valid], options)
+    """Summed student CE (if ce_weight > 0; computed here to share the student logits' pass), L_stu, L_tea,
+    L_ce_t2s (METHOD.md §3), and the weight and accuracy statistics."""
+    with_cross_entropy = options.ce_weight > 0
+    student_terms = student_space(
+        student, student_responses, attention.t2s_hidden[student_responses.valid], options, with_cross_entropy
+    )
     teacher_terms = teacher_space(teacher, teacher_responses, attention.s2t_hidden[teacher_responses.valid], options)
     stats = {
         "t2s_acc": student_terms["correct"].float().mean(),
@@ -48,7 +52,8 @@ def _dual_space_kd(
         raw = teacher_raw_weights(teacher_terms["entropy"], teacher.vocab_size)
         teacher_weights = normalise_per_sequence(raw, teacher_responses.batch_index, batch_size)
         stats["weight_teacher"] = raw.mean()
-    sums = {
+    sums = {"ce": student_terms["ce"].sum()} if with_cross_entropy else {}
+    sums |= {
         "kd_student": (student_weights * student_terms["kd"]).sum(),
         "kd_teacher": (teacher_weights * teacher_terms["kd"]).sum(),
         "ce_t2s": student_terms["projector_ce"].sum(),
@@ -111,7 +116,7 @@ def dwakd_loss(
 
     sums: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}
-    if options.ce_weight > 0:
+    if options.ce_weight > 0 and not options.uses_kd:
         sums["ce"] = student_cross_entropy(student, student_responses, options.chunk_size).sum()
     attention = None
     if options.uses_kd or (options.uses_dtw and options.dtw_band):

@@ -8,20 +8,31 @@ import math
 
 import torch
 
-from hf_dwakd.objective.divergences import log_probs
+from hf_dwakd.objective.divergences import floored
 
 
 @torch.no_grad()
-def entropy(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Entropy (nats, float32) of softmax over the first `vocab_size` columns."""
-    log_p = log_probs(logits[..., :vocab_size], temperature=1.0)
-    return -(log_p.exp() * log_p).sum(dim=-1)
+def vocabulary_log_probs(logits: torch.Tensor, all_columns: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
+    """tau = 1 log-probabilities (float32) over the first `vocab_size` columns of `logits`.
+
+    `all_columns` is the caller's `log_softmax` over every column, reused when there is no padded column.
+    """
+    if all_columns is not None and logits.shape[-1] == vocab_size:
+        return all_columns.detach()
+    return torch.log_softmax(logits[..., :vocab_size].float(), dim=-1)
 
 
 @torch.no_grad()
-def max_probability(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """max_v p(v) (float32) of softmax over the first `vocab_size` columns."""
-    return log_probs(logits[..., :vocab_size], temperature=1.0).max(dim=-1).values.exp()
+def entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each distribution given by its log-probabilities (..., V); finite where p is 0."""
+    log_p = floored(log_p)
+    return -log_p.exp().mul_(log_p).sum(dim=-1)  # p log p, multiplied in place into the fresh exp(log p)
+
+
+@torch.no_grad()
+def max_probability(log_p: torch.Tensor) -> torch.Tensor:
+    """max_v p(v) as exp(max_v log p(v)): from log-probabilities, without a softmax over the vocabulary."""
+    return log_p.amax(dim=-1).exp()
 
 
 @torch.no_grad()
