@@ -105,9 +105,10 @@ class DWAKDTrainer(SFTTrainer):
 
         # Everything cheap is checked before any model or tokenizer is loaded.
         teacher_model = _resolve_teacher_argument(teacher_model, args)
-        datasets = {"train_dataset": train_dataset, **_as_dict(eval_dataset)}
-        for dataset in datasets.values():
-            check_dataset_columns(dataset.column_names)
+        eval_datasets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
+        for dataset in [train_dataset, *eval_datasets]:
+            if dataset is not None:
+                check_dataset_columns(dataset.column_names)
         if peft_config is not None and _is_peft_model(model):
             raise ValueError(
                 "You passed a `PeftModel` together with a `peft_config`: pass the base model with the `peft_config`, "
@@ -441,14 +442,6 @@ def _name_of(model):
     if model is None or isinstance(model, str):
         return model
     return getattr(model.config, "_name_or_path", None) or None
-
-
-def _as_dict(eval_dataset):
-    if eval_dataset is None:
-        return {}
-    if isinstance(eval_dataset, dict):
-        return {f"eval_dataset[{key!r}]": dataset for key, dataset in eval_dataset.items()}
-    return {"eval_dataset": eval_dataset}
 
 
 def _is_peft_model(model):
