@@ -78,6 +78,7 @@ def test_smollm2_converts_to_a_loadable_float32_folder_that_is_reused(smollm2_fo
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_folder)
     assert model.dtype == torch.float32 and not getattr(model, "is_quantized", False)
+    assert getattr(model.config, "quantization_config", None) is None
     assert model.get_input_embeddings().weight.shape == (len(tokenizer), 576)
     # A real instruction model, not random weights: "Paris" is its top choice after this prompt.
     prompt = tokenizer("The capital of France is", return_tensors="pt")

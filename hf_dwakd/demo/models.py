@@ -86,8 +86,9 @@ def _convert(source: PackagedGGUF, folder: Path) -> None:
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as scratch:
         gguf_file = source.locate(Path(scratch))
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        # Loading from GGUF attaches a quantizer that refuses `save_pretrained`; `dequantize=True` asks
-        # transformers to unpack the weights into plain tensors and drop that quantizer after loading.
+        # A GGUF-loaded model keeps its quantizer (`model.hf_quantizer`, `config.quantization_config`), whose
+        # `is_serializable()` is False, so `save_pretrained` refuses. With `dequantize=True` transformers drops
+        # both after loading (`HfQuantizer.remove_quantization_config`), leaving plain float32 tensors.
         model = AutoModelForCausalLM.from_pretrained(
             gguf_file.parent,
             gguf_file=gguf_file.name,
