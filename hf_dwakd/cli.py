@@ -83,7 +83,7 @@ class RecipeParser(TrlParser):
             except ValueError as error:
                 problems.append(f"`{key}`: {error}")
         if problems:
-            hint = " Recipe keys are the options of `hf-dwakd train --help`." if "unknown key" in str(problems) else ""
+            hint = f" Recipe keys are the options of `{self.prog} --help`." if "unknown key" in str(problems) else ""
             raise ValueError(f"Recipe {self.config_path}: {'; '.join(problems)}.{hint}")
         return super().set_defaults_with_config(**config)
 
