@@ -299,13 +299,18 @@ class DWAKDTrainer(SFTTrainer):
         A token-sum component of one micro-batch is a share of its optimizer step's value; scaling it by the number
         of accumulation steps (and processes) makes the window average equal the per-step value, like the loss.
         """
-        for key, value in metrics.items():
+        scales = []
+        for key in metrics:
+            scale = 1
             if key in TOKEN_SUM_METRICS and token_sum_scale is not None:
-                value = value * token_sum_scale
-                if mode == "train":
-                    value = value * self.current_gradient_accumulation_steps
-            value = self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean()
-            self._metrics[mode][key].append(value.item())
+                scale = token_sum_scale * (self.current_gradient_accumulation_steps if mode == "train" else 1)
+            scales.append(scale)
+        values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()])
+        values = values * torch.tensor(scales, dtype=values.dtype, device=values.device)
+        # One gather and one host sync for all components, instead of one per component.
+        gathered = self.accelerator.gather_for_metrics(values.unsqueeze(0)).mean(dim=0)
+        for key, value in zip(metrics, gathered.tolist()):
+            self._metrics[mode][key].append(value)
 
     # ---- saving and loading ------------------------------------------------------------------------------------
 
