@@ -75,7 +75,7 @@ def test_entropy_and_gate_over_the_vocabulary_columns(width, vocab_size):
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_the_student_cross_entropy_comes_from_the_student_space_pass(chunk_size):
     student, teacher, projectors = make_inputs(seed=12)
-    options = DWAKDLossOptions(chunk_size=chunk_size)
+    options = DWAKDLossOptions(kd_chunk_size=chunk_size)
     student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
     attention = cross_model_attention(student_responses, teacher_responses, projectors)
     t2s_hidden = attention.t2s_hidden[student_responses.valid]

@@ -7,7 +7,7 @@ sides that read the same text keep the same characters. The EOS survives only wh
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from hf_dwakd.objective.outputs import IGNORE_INDEX
 
 
 def choose_window(sides, max_length, max_prompt_length):
