@@ -18,7 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config
 
-from ..cli import RecipeParser
+from ..scripts.recipe import RecipeParser
 from ..config import DWAKDConfig
 from ..evaluation.benchmarks import examples_from_jsonl, read_jsonl
 from ..evaluation.generation import encode_prompts, left_pad, pad_token_id
