@@ -9,6 +9,7 @@ files, tokenizer, model, adapter, chat template) before the first token is gener
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
@@ -21,7 +22,7 @@ from .runner import default_seeds, evaluate_benchmark, prompt_ids_for
 METRIC_DESCRIPTION = "ROUGE-L F1 x 100 (rouge_score, Porter stemmer), max over references, mean over examples"
 
 
-def build_parser(parser=None):
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The `evaluate` arguments, added to `parser` (e.g. a CLI sub-command parser) or to a new one."""
     if parser is None:
         parser = argparse.ArgumentParser(prog="hf-dwakd evaluate", description=__doc__.splitlines()[0])
@@ -47,17 +48,18 @@ def build_parser(parser=None):
     return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run(build_parser().parse_args(argv))
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as `args` say; returns this model's results record."""
     settings = GenerationSettings(args.max_length, args.max_prompt_length, args.batch_size)
     seeds = default_seeds(args.seeds)
     if args.max_examples is not None and args.max_examples < 1:
         raise ValueError(f"--max_examples must be at least 1, got {args.max_examples}")
-    benchmarks = [load_benchmark(name, args.data_dir, args.from_hub) for name in parse_benchmark_names(args.benchmarks)]
+    names = parse_benchmark_names(args.benchmarks)
+    benchmarks = [load_benchmark(name, args.data_dir, args.from_hub) for name in names]
     for benchmark in benchmarks:
         benchmark.examples = benchmark.examples[: args.max_examples]
         if not benchmark.examples:

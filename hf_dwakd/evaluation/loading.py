@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(path, model_path):
+def load_tokenizer(path: str, model_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer at `path`; the error names `--model_name_or_path`/`--tokenizer` so the user knows what to pass."""
     from transformers import AutoTokenizer
 
@@ -24,7 +25,7 @@ def load_tokenizer(path, model_path):
     return tokenizer
 
 
-def load_model(model_path, adapter_path=None, dtype="auto"):
+def load_model(model_path: str, adapter_path: str | None = None, dtype: str = "auto") -> PreTrainedModel:
     """The causal LM at `model_path` in eval mode, with the PEFT adapter at `adapter_path` applied."""
     from transformers import AutoModelForCausalLM
 
