@@ -2,7 +2,7 @@
 
 import torch
 
-from .truncation import IGNORE_INDEX
+from ..objective.outputs import IGNORE_INDEX
 
 
 class DistillationCollator:
