@@ -17,7 +17,7 @@ from hf_dwakd.evaluation.benchmarks import (
     parse_benchmark_names,
 )
 
-# The two templates exactly as ../shared/data/NOTICE.md and METHOD.md §7 state them.
+# The two templates exactly as docs/method.md (Evaluation protocol) and ../shared/data/NOTICE.md state them.
 WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
     "response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"

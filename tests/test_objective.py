@@ -1,4 +1,4 @@
-"""The DWA-KD objective against a direct, loop-based float64 computation of METHOD.md §2-§5 written here."""
+"""The DWA-KD objective against a direct, loop-based float64 computation of docs/method.md written here."""
 
 import dataclasses
 import math
@@ -85,7 +85,8 @@ def _dtw_divergence(x, y, gamma, band=None):
 
 
 def reference(student, teacher, projectors, options, num_items=None):
-    """Every component of METHOD.md §2-§5, summed over examples and divided by `num_items`."""
+    """Every component of docs/method.md (Cross-model attention to Loss), summed over examples and divided by
+    `num_items`."""
     sums = dict(ce=0.0, kd_student=0.0, kd_teacher=0.0, ce_t2s=0.0, dtw_hidden=0.0, dtw_embed=0.0)
     raw_student, raw_teacher, t2s_correct, s2t_correct = [], [], [], []
     d_t = teacher.hidden.shape[-1]
@@ -469,8 +470,8 @@ def _identity_projectors(hidden_size, query_scale):
 def test_a_student_identical_to_the_teacher(student_tokenizer):
     """Same tokenizer and weights, identity projectors: both DTW divergences vanish, and with a query scaled so
     the attention is one-hot (h_s2t = H_s) so does the teacher-space KD. The student-space KD compares p_s with
-    p_t2s, whose value path t2s(N(H_t) + N(E_t(tgt))) is not H_s (METHOD.md §2); it is 0 exactly when the student
-    logits equal z_t2s, checked last."""
+    p_t2s, whose value path t2s(N(H_t) + N(E_t(tgt))) is not H_s (docs/method.md, Cross-model attention); it is 0
+    exactly when the student logits equal z_t2s, checked last."""
     from testing_utils import tiny_causal_lm
 
     model = tiny_causal_lm(student_tokenizer, family="llama", hidden_size=16).eval()
