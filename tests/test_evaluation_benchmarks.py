@@ -1,4 +1,5 @@
-"""Benchmark loading: DSKD-format jsonl, the Dolly halves, the Hub loader path, bad input, the shared files."""
+"""Benchmark loading: DSKD-format jsonl, the Dolly halves, the Hub loader path, bad input, the bundled fixture files
+and, beside a working copy, the full shared files."""
 
 import json
 

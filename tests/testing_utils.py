@@ -176,7 +176,10 @@ ROWS = [
     {"prompt": "### Instruction:\nName a colour.\n\n### Response:\n", "completion": "Blue, like the sky."},
     {"prompt": "### Instruction:\nAdd 2 and 3.\n\n### Response:\n", "completion": "2 + 3 = 5"},
     {"prompt": "### Instruction:\nSay hello in Chinese.\n\n### Response:\n", "completion": "你好！"},
-    {"prompt": "### Instruction:\nWrite a Python function.\n\n### Response:\n", "completion": "def f(x):\n    return x"},
+    {
+        "prompt": "### Instruction:\nWrite a Python function.\n\n### Response:\n",
+        "completion": "def f(x):\n    return x",
+    },
     {"prompt": "### Instruction:\nGive an emoji.\n\n### Response:\n", "completion": "Here you go: 🙂"},
     {"prompt": "### Instruction:\nWhat is DTW?\n\n### Response:\n", "completion": "Dynamic time warping."},
     {"prompt": "### Instruction:\nCount to three.\n\n### Response:\n", "completion": "one, two, three"},
