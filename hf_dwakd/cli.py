@@ -25,7 +25,8 @@ COMMANDS = {
     "train": "distil a student from a teacher (a YAML recipe and/or flags; see `hf-dwakd train --help`)",
     "evaluate": "ROUGE-L of a model on Dolly, Self-Instruct, Vicuna and S-NI (see `hf-dwakd evaluate --help`)",
 }
-# databricks/databricks-dolly-15k's columns; its rows get the paper's prompt template (METHOD.md §7).
+# databricks/databricks-dolly-15k's columns; its rows get the paper's prompt template (docs/method.md, Evaluation
+# protocol).
 DOLLY_HUB_COLUMNS = {"instruction", "context", "response"}
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

@@ -1,4 +1,4 @@
-"""`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (METHOD.md)."""
+"""`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (docs/method.md)."""
 
 import re
 from dataclasses import dataclass, field, fields
@@ -78,8 +78,8 @@ LOSS_OPTION_FIELDS = {
 @dataclass
 class DWAKDConfig(SFTConfig):
     r"""
-    Configuration for [`DWAKDTrainer`]: every field of [`trl.SFTConfig`] plus the DWA-KD knobs below. Defaults follow
-    the paper (arXiv 2602.21669) as decided in METHOD.md.
+    Configuration for [`DWAKDTrainer`]: every field of [`trl.SFTConfig`] plus the DWA-KD knobs below. Defaults are
+    those of docs/method.md: the paper's (arXiv 2602.21669), or the released code's where the paper states none.
 
     Teacher:
         teacher_model_name_or_path (`str`, *optional*): Hub id or path of the teacher, when `teacher_model` is not
@@ -90,8 +90,9 @@ class DWAKDConfig(SFTConfig):
 
     Objective:
         kd_method (`str`, defaults to `"dwakd"`): the distillation objective, one of `KD_METHODS`: `dwakd`, or a
-            baseline of METHOD.md §6 (`sft` needs no teacher). Baselines train `ce_weight * CE + kd_weight * KD`
-            (for `dskd` that is DSKD's `(1 - kd_rate) CE + kd_rate KD` with the default 0.5 / 0.5).
+            baseline of docs/method.md, Baselines (`sft` needs no teacher). Baselines train
+            `ce_weight * CE + kd_weight * KD` (for `dskd` that is DSKD's `(1 - kd_rate) CE + kd_rate KD` with the
+            default 0.5 / 0.5).
         max_prompt_length (`int`, defaults to `256`): prompt tokens kept on each side (`max_length` defaults to 512).
         ce_weight, kd_weight, dtw_weight (`float`, defaults to `0.5`, `0.5`, `0.2`): weights of the student
             cross-entropy, the weighted dual-space KD and the Soft-DTW alignment.

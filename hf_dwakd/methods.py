@@ -1,8 +1,8 @@
-"""The loss of each `kd_method` (METHOD.md §6) on the two models' `SideOutputs`.
+"""The loss of each `kd_method` (docs/method.md, Baselines) on the two models' `SideOutputs`.
 
 `dwakd` is the full objective of `objective/`; the baselines train `ce_weight * CE + kd_weight * KD` with the
 KD term of `baselines/`; `sft` is the student cross-entropy alone. Every term is a token sum divided by
-`num_items_in_batch` (METHOD.md §5).
+`num_items_in_batch` (docs/method.md, Loss).
 """
 
 from .baselines import dskd_loss, mined_loss, multilevel_ot_loss, uld_loss

@@ -1,5 +1,6 @@
-"""The baselines' KD terms (METHOD.md §6), each `loss(student, teacher, num_items_in_batch=None, **options)`
-returning `(kd, metrics)`; see `common` for the shared contract."""
+"""The baselines' KD terms (docs/method.md, Baselines), each
+`loss(student, teacher, num_items_in_batch=None, **options)` returning `(kd, metrics)`; see `common` for the shared
+contract."""
 
 from hf_dwakd.baselines.dskd import dskd_loss
 from hf_dwakd.baselines.mined import mined_loss

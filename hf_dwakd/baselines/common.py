@@ -1,7 +1,7 @@
 """What the baseline losses share: input checks, the KD normaliser, and response rows gathered by mask.
 
 Every baseline loss has the signature `loss(student, teacher, num_items_in_batch=None, **options)` and returns
-`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (METHOD.md §5), the student CE is
+`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (docs/method.md, Loss), the student CE is
 added by the caller, and `metrics` holds detached scalars for logging.
 """
 

@@ -1,4 +1,4 @@
-"""The DWA-KD loss (METHOD.md §5): lambda_ce CE + lambda_kd (L_stu + L_tea + L_ce_t2s) + lambda_dtw L_DTW."""
+"""The DWA-KD loss (docs/method.md, Loss): lambda_ce CE + lambda_kd (L_stu + L_tea + L_ce_t2s) + lambda_dtw L_DTW."""
 
 import torch
 
@@ -32,7 +32,7 @@ def _dual_space_kd(
     options: DWAKDLossOptions,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Summed student CE (if ce_weight > 0; computed here to share the student logits' pass), L_stu, L_tea,
-    L_ce_t2s (METHOD.md §3), and the weight and accuracy statistics."""
+    L_ce_t2s (docs/method.md, Dual-space KD), and the weight and accuracy statistics."""
     with_cross_entropy = options.ce_weight > 0
     student_terms = student_space(
         student, student_responses, attention.t2s_hidden[student_responses.valid], options, with_cross_entropy
@@ -68,7 +68,7 @@ def _alignment(
     attention: CrossModelAttention | None,
     options: DWAKDLossOptions,
 ) -> dict[str, torch.Tensor]:
-    """Summed per-sequence Soft-DTW divergences of the pairs switched on (METHOD.md §4)."""
+    """Summed per-sequence Soft-DTW divergences of the pairs switched on (docs/method.md, Soft-DTW alignment)."""
     band = None
     if options.dtw_band:
         band = attention_band(

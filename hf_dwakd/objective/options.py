@@ -1,4 +1,4 @@
-"""The knobs of the DWA-KD objective, with METHOD.md's defaults, checked when built."""
+"""The knobs of the DWA-KD objective, with the defaults of docs/method.md, checked when built."""
 
 import math
 from dataclasses import dataclass, fields
@@ -9,7 +9,7 @@ from hf_dwakd.ops.soft_dtw import BACKENDS
 
 @dataclass
 class DWAKDLossOptions:
-    """Weights (§5), KD (§3), Soft-DTW alignment and band (§4), and the Table 3 ablation switches.
+    """Weights (Loss), KD (Dual-space KD), Soft-DTW alignment and band, and the Table 3 ablation switches.
 
     `entropy_weighting=False` sets every KD weight to 1 (the gate then plays no part); `teacher_gate=False` uses
     the student entropy alone. `dtw` turns the whole alignment off, `dtw_hidden`/`dtw_embed` one pair each,

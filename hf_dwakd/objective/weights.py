@@ -1,4 +1,5 @@
-"""Token weights of the dual-space KD (METHOD.md §3): student entropy x teacher gate, teacher confidence.
+"""Token weights of the dual-space KD (docs/method.md, Token weights): student entropy x teacher gate, teacher
+confidence.
 
 All from tau = 1 distributions over the first `vocab_size` columns (padded LM heads have more), detached, and
 normalised per sequence so the weights of a sequence sum to its number of response tokens.
