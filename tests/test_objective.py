@@ -146,7 +146,7 @@ def reference(student, teacher, projectors, options, num_items=None):
         a_s2t = torch.stack([_softmax(scores[:, j]) for j in range(m)])
         s_head, t_head = student.lm_head_weight.detach().double(), teacher.lm_head_weight.detach().double()
 
-        raw, divergences = [], []
+        raw, entropies, gates, divergences = [], [], [], []
         for i, position in enumerate(s_pos):
             label = int(student.labels[b, position])
             logits = student.logits[b, position].detach().double()
@@ -161,8 +161,15 @@ def reference(student, teacher, projectors, options, num_items=None):
             entropy = _entropy(logits[: student.vocab_size])
             gate = float(_softmax(projected[: student.vocab_size]).max())
             raw.append(entropy * gate if options.teacher_gate else entropy)
+            entropies.append(entropy)
+            gates.append(gate if options.teacher_gate else 1.0)
             t2s_correct.append(int(projected.argmax()) == label)
-        weights = _normalise(raw) if options.entropy_weighting else [1.0] * n
+        if not options.entropy_weighting:
+            weights = [1.0] * n
+        elif options.student_weight_normalization == "entropy":  # normalise H_s, then times the raw gate
+            weights = [weight * gate for weight, gate in zip(_normalise(entropies), gates)]
+        else:
+            weights = _normalise(raw)
         sums["kd_student"] += sum(w * d for w, d in zip(weights, divergences))
         raw_student += raw
 
@@ -242,6 +249,8 @@ def test_each_divergence_option_in_both_spaces(divergence):
     [
         dict(entropy_weighting=False),
         dict(teacher_gate=False),
+        dict(student_weight_normalization="entropy"),
+        dict(student_weight_normalization="entropy", teacher_gate=False),
         dict(dtw_band=False),
         dict(dtw_hidden=False),
         dict(dtw_embed=False),
