@@ -207,6 +207,7 @@ def reference(student, teacher, projectors, options, num_items=None):
         dtw_embed=options.dtw and options.dtw_weight > 0 and options.dtw_embed,
     )
     components = {name: value for name, value in components.items() if on[name]}
+    weight_of["kd_student"] = options.kd_weight * options.kd_student_scale
     total = sum(weight_of.get(name, options.kd_weight) * value for name, value in components.items())
     if options.kd_weight > 0:
         components["t2s_acc"] = sum(t2s_correct) / len(t2s_correct)
@@ -251,6 +252,7 @@ def test_each_divergence_option_in_both_spaces(divergence):
         dict(teacher_gate=False),
         dict(student_weight_normalization="entropy"),
         dict(student_weight_normalization="entropy", teacher_gate=False),
+        dict(kd_student_scale=0.25),
         dict(dtw_band=False),
         dict(dtw_hidden=False),
         dict(dtw_embed=False),

@@ -226,7 +226,6 @@ def test_push_to_hub_uploads_student_tokenizer_card_and_never_the_teacher(tmp_pa
         (dict(max_prompt_length=64, max_length=64), "max_prompt_length"),
         (dict(student_weight_normalization="sum"), "student_weight_normalization"),
         (dict(kd_warmup_steps=-1), "kd_warmup_steps"),
-        (dict(kd_warmup_steps=5, ce_weight=0.0, use_dtw=False), "kd_warmup_steps"),
         (dict(kd_method="dskd", kd_warmup_steps=5), "kd_warmup_steps"),
     ],
 )
@@ -240,18 +239,21 @@ def test_gamma_annealing_is_linear(tmp_path):
     assert [config.dtw_gamma_at(step) for step in (0, 1, 3, 10)] == pytest.approx([2.0, 1.5, 0.5, 0.5])
 
 
-def test_kd_warmup_ramps_the_kd_weight_linearly(tmp_path):
-    config = make_config(tmp_path, kd_weight=0.6, kd_warmup_steps=4)
-    assert [config.loss_options(step).kd_weight for step in (0, 1, 4, 9)] == pytest.approx([0.0, 0.15, 0.6, 0.6])
-    assert make_config(tmp_path, kd_weight=0.6).loss_options(0).kd_weight == 0.6
+def test_kd_warmup_ramps_the_student_space_term_linearly(tmp_path):
+    config = make_config(tmp_path, kd_warmup_steps=4)
+    assert [config.loss_options(step).kd_student_scale for step in (0, 1, 4, 9)] == pytest.approx([0, 0.25, 1, 1])
+    assert make_config(tmp_path).loss_options(0).kd_student_scale == 1.0
 
 
-def test_kd_warmup_trains_without_kd_at_the_first_step_and_logs_the_weight(tmp_path):
+def test_kd_warmup_leaves_the_other_terms_and_logs_the_scale(tmp_path):
     trainer = make_trainer(tmp_path, kd_warmup_steps=2, max_steps=3, logging_steps=1)
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert [entry["kd_weight"] for entry in logs] == pytest.approx([0.0, 0.25, 0.5])
-    assert "kd_student" not in logs[0] and "kd_student" in logs[1]
+    assert [entry["kd_student_scale"] for entry in logs] == pytest.approx([0.0, 0.5, 1.0])
+    first = logs[0]  # step 0: only the student-space KD is off
+    expected = 0.5 * first["ce"] + 0.5 * (first["kd_teacher"] + first["ce_t2s"])
+    expected += 0.2 * (first["dtw_hidden"] + first["dtw_embed"])
+    assert first["loss"] == pytest.approx(expected, rel=1e-3)
 
 
 class TestErrorsBeforeExpensiveWork:

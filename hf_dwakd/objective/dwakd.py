@@ -28,6 +28,11 @@ TERM_WEIGHTS = {
 }
 
 
+def _term_weight(name: str, options: DWAKDLossOptions) -> float:
+    weight = getattr(options, TERM_WEIGHTS[name])
+    return weight * options.kd_student_scale if name == "kd_student" else weight
+
+
 def _dual_space_kd(
     student: SideOutputs,
     teacher: SideOutputs,
@@ -139,6 +144,6 @@ def dwakd_loss(
         sums.update(_alignment(student_responses, teacher_responses, projectors, attention, options))
 
     components = {name: value / denominator for name, value in sums.items()}
-    loss = sum(getattr(options, TERM_WEIGHTS[name]) * value for name, value in components.items())
+    loss = sum(_term_weight(name, options) * value for name, value in components.items())
     logged = {name: value.detach() for name, value in {**components, **stats}.items()}
     return loss, logged

@@ -14,7 +14,8 @@ class DWAKDLossOptions:
 
     `entropy_weighting=False` sets every KD weight to 1 (the gate then plays no part); `teacher_gate=False` uses
     the student entropy alone; `student_weight_normalization` says what is normalised per sequence (see
-    `weights.student_weights`). `dtw` turns the whole alignment off, `dtw_hidden`/`dtw_embed` one pair each,
+    `weights.student_weights`); `kd_student_scale` multiplies the student-space term alone (the KD warm-up
+    ramps it from 0 to 1). `dtw` turns the whole alignment off, `dtw_hidden`/`dtw_embed` one pair each,
     `dtw_band` the attention-entropy band. `chunk_size` (tokens) bounds the vocabulary-wide memory; `None`
     computes all tokens at once.
     """
@@ -28,6 +29,7 @@ class DWAKDLossOptions:
     entropy_weighting: bool = True
     teacher_gate: bool = True
     student_weight_normalization: str = "product"
+    kd_student_scale: float = 1.0
     dtw: bool = True
     dtw_band: bool = True
     dtw_hidden: bool = True
@@ -49,7 +51,8 @@ class DWAKDLossOptions:
                 raise ValueError(f"{field.name} must be a number, got {value!r}.")
             if field.type is float and not math.isfinite(value):
                 raise ValueError(f"{field.name} must be finite, got {value!r}.")
-        for name in ("ce_weight", "kd_weight", "dtw_weight", "band_base", "band_beta", "band_penalty"):
+        weights = ("ce_weight", "kd_weight", "dtw_weight", "kd_student_scale")
+        for name in (*weights, "band_base", "band_beta", "band_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
         if not (self.ce_weight > 0 or self.kd_weight > 0 or self.uses_dtw):
