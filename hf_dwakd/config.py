@@ -28,6 +28,8 @@ FIELD_METHODS = {
             "dtw_weight",
             "use_entropy_weighting",
             "use_teacher_gate",
+            "student_weight_normalization",
+            "kd_warmup_steps",
             "use_dtw",
             "use_dtw_band",
             "use_dtw_hidden",
@@ -61,6 +63,7 @@ LOSS_OPTION_FIELDS = {
     "skew": "kd_skew",
     "entropy_weighting": "use_entropy_weighting",
     "teacher_gate": "use_teacher_gate",
+    "student_weight_normalization": "student_weight_normalization",
     "dtw": "use_dtw",
     "dtw_band": "use_dtw_band",
     "dtw_hidden": "use_dtw_hidden",
@@ -100,6 +103,11 @@ class DWAKDConfig(SFTConfig):
         kd_divergence (`str`, defaults to `"forward_kl"`): one of `DIVERGENCES`, used in both spaces.
         kd_skew (`float`, defaults to `0.1`): mixture weight of the skewed divergences.
         use_entropy_weighting, use_teacher_gate (`bool`, default `True`): ablation switches of the token weights.
+        student_weight_normalization (`str`, defaults to `"product"`): `"product"` normalises H_s * g per sequence;
+            `"entropy"` (the released DWA-KD code) normalises H_s and multiplies by the raw gate g.
+        kd_warmup_steps (`int`, defaults to `0`): ramp the student-space KD term linearly from 0 to full weight
+            over this many optimizer steps (the released DWA-KD code's warm-up; the teacher-space KD and the
+            projectors' warm-up CE keep their full weight, so the projection learns before it is imitated).
         use_dtw, use_dtw_band, use_dtw_hidden, use_dtw_embed (`bool`, default `True`): ablation switches of the
             Soft-DTW alignment, its attention-entropy band and each of its two pairs.
         dtw_gamma (`float`, defaults to `2.0`): Soft-DTW smoothing; with `dtw_gamma_end` and
@@ -148,6 +156,20 @@ class DWAKDConfig(SFTConfig):
     )
     use_teacher_gate: bool = field(
         default=True, metadata={"help": "Ablation: multiply the student entropy by the teacher confidence gate."}
+    )
+    student_weight_normalization: str = field(
+        default="product",
+        metadata={
+            "help": "What the per-sequence normalisation of the student KD weights covers: 'product' (H_s * gate) "
+            "or 'entropy' (H_s alone, then times the raw gate, as the released DWA-KD code does)."
+        },
+    )
+    kd_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps over which the student-space KD term ramps linearly from 0 to full weight "
+            "(the teacher-space KD and the projectors' CE are not ramped)."
+        },
     )
     use_dtw: bool = field(default=True, metadata={"help": "Ablation: the Soft-DTW sequence alignment term."})
     use_dtw_band: bool = field(default=True, metadata={"help": "Ablation: the attention-entropy soft band."})
@@ -201,6 +223,8 @@ class DWAKDConfig(SFTConfig):
             )
         if self.dtw_gamma_end is not None and (self.dtw_gamma_end <= 0 or self.dtw_gamma_anneal_steps < 0):
             raise ValueError("`dtw_gamma_end` must be > 0 and `dtw_gamma_anneal_steps` >= 0.")
+        if self.kd_warmup_steps < 0:
+            raise ValueError(f"`kd_warmup_steps` must be >= 0, got {self.kd_warmup_steps}.")
         self.loss_options()  # validates every objective knob, with the errors naming this config's fields
         if self.kd_method not in ("dwakd", "sft") and self.ce_weight + self.kd_weight == 0:
             raise ValueError(
@@ -229,6 +253,7 @@ class DWAKDConfig(SFTConfig):
         """The objective's options at optimizer step `step` (gamma annealed when configured)."""
         values = {option: getattr(self, name) for option, name in LOSS_OPTION_FIELDS.items()}
         values["gamma"] = self.dtw_gamma_at(step)
+        values["kd_student_scale"] = self.kd_warmup_scale_at(step)
         values["dtw"] = self.use_dtw and self.dtw_weight > 0
         try:
             return DWAKDLossOptions(**values)
@@ -260,6 +285,12 @@ class DWAKDConfig(SFTConfig):
     @property
     def needs_embedding_projector(self) -> bool:
         return self.kd_method == "dwakd" and self.loss_options().uses_dtw and self.use_dtw_embed
+
+    def kd_warmup_scale_at(self, step: int) -> float:
+        """The student-space KD term's scale at optimizer step `step`: 1, or ramped from 0 over `kd_warmup_steps`."""
+        if self.kd_warmup_steps == 0:
+            return 1.0
+        return min(step / self.kd_warmup_steps, 1.0)
 
     def dtw_gamma_at(self, step: int) -> float:
         """Soft-DTW gamma at optimizer step `step`: constant, or linearly annealed when configured."""

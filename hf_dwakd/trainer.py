@@ -271,6 +271,8 @@ class DWAKDTrainer(SFTTrainer):
         self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
         if "dtw_hidden" in metrics or "dtw_embed" in metrics:
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
+        if self.args.kd_warmup_steps > 0:
+            self._metrics[mode]["kd_student_scale"].append(self.args.kd_warmup_scale_at(self.state.global_step))
         return (loss, student) if return_outputs else loss
 
     def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size):

@@ -108,7 +108,7 @@ def reference(student, teacher, projectors, options, num_items=None):
         a_s2t = torch.stack([_softmax(scores[:, j]) for j in range(m)])
         s_head, t_head = student.lm_head_weight.detach().double(), teacher.lm_head_weight.detach().double()
 
-        raw, divergences = [], []
+        raw, entropies, gates, divergences = [], [], [], []
         for i, position in enumerate(s_pos):
             label = int(student.labels[b, position])
             logits = student.logits[b, position].detach().double()
@@ -123,8 +123,15 @@ def reference(student, teacher, projectors, options, num_items=None):
             entropy = _entropy(logits[: student.vocab_size])
             gate = float(_softmax(projected[: student.vocab_size]).max())
             raw.append(entropy * gate if options.teacher_gate else entropy)
+            entropies.append(entropy)
+            gates.append(gate if options.teacher_gate else 1.0)
             t2s_correct.append(int(projected.argmax()) == label)
-        weights = _normalise(raw) if options.entropy_weighting else [1.0] * n
+        if not options.entropy_weighting:
+            weights = [1.0] * n
+        elif options.student_weight_normalization == "entropy":  # normalise H_s, then times the raw gate
+            weights = [weight * gate for weight, gate in zip(_normalise(entropies), gates)]
+        else:
+            weights = _normalise(raw)
         sums["kd_student"] += sum(w * d for w, d in zip(weights, divergences))
         raw_student += raw
 
@@ -162,6 +169,7 @@ def reference(student, teacher, projectors, options, num_items=None):
         dtw_embed=options.dtw and options.dtw_weight > 0 and options.dtw_embed,
     )
     components = {name: value for name, value in components.items() if on[name]}
+    weight_of["kd_student"] = options.kd_weight * options.kd_student_scale
     total = sum(weight_of.get(name, options.kd_weight) * value for name, value in components.items())
     if options.kd_weight > 0:
         components["t2s_acc"] = sum(t2s_correct) / len(t2s_correct)
@@ -204,6 +212,9 @@ def test_each_divergence_option_in_both_spaces(divergence):
     [
         dict(entropy_weighting=False),
         dict(teacher_gate=False),
+        dict(student_weight_normalization="entropy"),
+        dict(student_weight_normalization="entropy", teacher_gate=False),
+        dict(kd_student_scale=0.25),
         dict(dtw_band=False),
         dict(dtw_hidden=False),
         dict(dtw_embed=False),

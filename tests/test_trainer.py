@@ -208,6 +208,9 @@ def test_push_to_hub_uploads_student_tokenizer_card_and_never_the_teacher(tmp_pa
         (dict(dtw_gamma_end=0.1), "dtw_gamma_anneal_steps"),
         (dict(dtw_band_alpha=1.5), "dtw_band_alpha"),
         (dict(max_prompt_length=64, max_length=64), "max_prompt_length"),
+        (dict(student_weight_normalization="sum"), "student_weight_normalization"),
+        (dict(kd_warmup_steps=-1), "kd_warmup_steps"),
+        (dict(kd_method="dskd", kd_warmup_steps=5), "kd_warmup_steps"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, overrides, message):
@@ -218,6 +221,23 @@ def test_config_errors_name_the_field(tmp_path, overrides, message):
 def test_gamma_annealing_is_linear(tmp_path):
     config = make_config(tmp_path, dtw_gamma=2.0, dtw_gamma_end=0.5, dtw_gamma_anneal_steps=3)
     assert [config.dtw_gamma_at(step) for step in (0, 1, 3, 10)] == pytest.approx([2.0, 1.5, 0.5, 0.5])
+
+
+def test_kd_warmup_ramps_the_student_space_term_linearly(tmp_path):
+    config = make_config(tmp_path, kd_warmup_steps=4)
+    assert [config.loss_options(step).kd_student_scale for step in (0, 1, 4, 9)] == pytest.approx([0, 0.25, 1, 1])
+    assert make_config(tmp_path).loss_options(0).kd_student_scale == 1.0
+
+
+def test_kd_warmup_leaves_the_other_terms_and_logs_the_scale(tmp_path):
+    trainer = make_trainer(tmp_path, kd_warmup_steps=2, max_steps=3, logging_steps=1)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["kd_student_scale"] for entry in logs] == pytest.approx([0.0, 0.5, 1.0])
+    first = logs[0]  # step 0: only the student-space KD is off
+    expected = 0.5 * first["ce"] + 0.5 * (first["kd_teacher"] + first["ce_t2s"])
+    expected += 0.2 * (first["dtw_hidden"] + first["dtw_embed"])
+    assert first["loss"] == pytest.approx(expected, rel=1e-3)
 
 
 class TestErrorsBeforeExpensiveWork:

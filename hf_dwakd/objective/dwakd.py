@@ -9,7 +9,12 @@ from hf_dwakd.objective.dual_space import student_cross_entropy, student_space, 
 from hf_dwakd.objective.options import DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses, gather_responses
-from hf_dwakd.objective.weights import normalise_per_sequence, student_raw_weights, teacher_raw_weights
+from hf_dwakd.objective.weights import (
+    normalise_per_sequence,
+    student_raw_weights,
+    student_weights,
+    teacher_raw_weights,
+)
 from hf_dwakd.projectors import DWAKDProjectors
 
 # Which lambda multiplies each summed term.
@@ -21,6 +26,11 @@ TERM_WEIGHTS = {
     "dtw_hidden": "dtw_weight",
     "dtw_embed": "dtw_weight",
 }
+
+
+def _term_weight(name: str, options: DWAKDLossOptions) -> float:
+    weight = getattr(options, TERM_WEIGHTS[name])
+    return weight * options.kd_student_scale if name == "kd_student" else weight
 
 
 def _dual_space_kd(
@@ -42,20 +52,26 @@ def _dual_space_kd(
         "t2s_acc": student_terms["correct"].float().mean(),
         "s2t_acc": teacher_terms["correct"].float().mean(),
     }
-    student_weights = torch.ones_like(student_terms["kd"])
-    teacher_weights = torch.ones_like(teacher_terms["kd"])
+    student_token_weights = torch.ones_like(student_terms["kd"])
+    teacher_token_weights = torch.ones_like(teacher_terms["kd"])
     if options.entropy_weighting:
         batch_size = student_responses.lengths.shape[0]
-        raw = student_raw_weights(student_terms["entropy"], student_terms.get("gate"), options.teacher_gate)
-        student_weights = normalise_per_sequence(raw, student_responses.batch_index, batch_size)
-        stats["weight_student"] = raw.mean()
+        gate = student_terms["gate"] if options.teacher_gate else None
+        student_token_weights = student_weights(
+            student_terms["entropy"],
+            gate,
+            options.student_weight_normalization,
+            student_responses.batch_index,
+            batch_size,
+        )
+        stats["weight_student"] = student_raw_weights(student_terms["entropy"], gate, options.teacher_gate).mean()
         raw = teacher_raw_weights(teacher_terms["entropy"], teacher.vocab_size)
-        teacher_weights = normalise_per_sequence(raw, teacher_responses.batch_index, batch_size)
+        teacher_token_weights = normalise_per_sequence(raw, teacher_responses.batch_index, batch_size)
         stats["weight_teacher"] = raw.mean()
     sums = {"ce": student_terms["ce"].sum()} if with_cross_entropy else {}
     sums |= {
-        "kd_student": (student_weights * student_terms["kd"]).sum(),
-        "kd_teacher": (teacher_weights * teacher_terms["kd"]).sum(),
+        "kd_student": (student_token_weights * student_terms["kd"]).sum(),
+        "kd_teacher": (teacher_token_weights * teacher_terms["kd"]).sum(),
         "ce_t2s": student_terms["projector_ce"].sum(),
     }
     return sums, stats
@@ -128,6 +144,6 @@ def dwakd_loss(
         sums.update(_alignment(student_responses, teacher_responses, projectors, attention, options))
 
     components = {name: value / denominator for name, value in sums.items()}
-    loss = sum(getattr(options, TERM_WEIGHTS[name]) * value for name, value in components.items())
+    loss = sum(_term_weight(name, options) * value for name, value in components.items())
     logged = {name: value.detach() for name, value in {**components, **stats}.items()}
     return loss, logged

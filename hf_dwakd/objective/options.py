@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass, fields
 
 from hf_dwakd.objective.divergences import check_divergence
+from hf_dwakd.objective.weights import STUDENT_WEIGHT_NORMALIZATIONS
 from hf_dwakd.ops.soft_dtw import BACKENDS
 
 
@@ -12,7 +13,9 @@ class DWAKDLossOptions:
     """Weights (Loss), KD (Dual-space KD), Soft-DTW alignment and band, and the Table 3 ablation switches.
 
     `entropy_weighting=False` sets every KD weight to 1 (the gate then plays no part); `teacher_gate=False` uses
-    the student entropy alone. `dtw` turns the whole alignment off, `dtw_hidden`/`dtw_embed` one pair each,
+    the student entropy alone; `student_weight_normalization` says what is normalised per sequence (see
+    `weights.student_weights`); `kd_student_scale` multiplies the student-space term alone (the KD warm-up
+    ramps it from 0 to 1). `dtw` turns the whole alignment off, `dtw_hidden`/`dtw_embed` one pair each,
     `dtw_band` the attention-entropy band. `chunk_size` (tokens) bounds the vocabulary-wide memory; `None`
     computes all tokens at once.
     """
@@ -25,6 +28,8 @@ class DWAKDLossOptions:
     skew: float = 0.1
     entropy_weighting: bool = True
     teacher_gate: bool = True
+    student_weight_normalization: str = "product"
+    kd_student_scale: float = 1.0
     dtw: bool = True
     dtw_band: bool = True
     dtw_hidden: bool = True
@@ -46,7 +51,8 @@ class DWAKDLossOptions:
                 raise ValueError(f"{field.name} must be a number, got {value!r}.")
             if field.type is float and not math.isfinite(value):
                 raise ValueError(f"{field.name} must be finite, got {value!r}.")
-        for name in ("ce_weight", "kd_weight", "dtw_weight", "band_base", "band_beta", "band_penalty"):
+        weights = ("ce_weight", "kd_weight", "dtw_weight", "kd_student_scale")
+        for name in (*weights, "band_base", "band_beta", "band_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
         if not (self.ce_weight > 0 or self.kd_weight > 0 or self.uses_dtw):
@@ -59,6 +65,11 @@ class DWAKDLossOptions:
         if not 0 <= self.band_alpha <= 1:
             raise ValueError(f"band_alpha must lie in [0, 1], got {self.band_alpha!r}.")
         check_divergence(self.divergence)
+        if self.student_weight_normalization not in STUDENT_WEIGHT_NORMALIZATIONS:
+            raise ValueError(
+                f"student_weight_normalization must be one of {STUDENT_WEIGHT_NORMALIZATIONS}, "
+                f"got {self.student_weight_normalization!r}."
+            )
         if self.chunk_size is not None and (
             isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
         ):

@@ -54,6 +54,30 @@ def student_raw_weights(student_entropy: torch.Tensor, gate: torch.Tensor, teach
     return student_entropy * gate if teacher_gate else student_entropy
 
 
+STUDENT_WEIGHT_NORMALIZATIONS = ("product", "entropy")
+
+
+@torch.no_grad()
+def student_weights(
+    student_entropy: torch.Tensor,
+    gate: torch.Tensor | None,
+    normalization: str,
+    sequence_index: torch.Tensor,
+    num_sequences: int,
+) -> torch.Tensor:
+    """The student-space KD weight of each response token (N,).
+
+    `"product"` normalises H_s * g per sequence, so a sequence's weights sum to its token count whatever the gate
+    is. `"entropy"` (the released DWA-KD code) normalises H_s alone and multiplies by the raw gate, so the term is
+    scaled down while the projection is still unsure (low gate) and grows as the projectors learn. Without a gate
+    (`gate` None) the two are the same.
+    """
+    if normalization == "product" or gate is None:
+        raw = student_entropy if gate is None else student_entropy * gate
+        return normalise_per_sequence(raw, sequence_index, num_sequences)
+    return normalise_per_sequence(student_entropy, sequence_index, num_sequences) * gate
+
+
 @torch.no_grad()
 def teacher_raw_weights(teacher_entropy: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """w_t(j) = 1 - H_t(j) / log V_t, clamped to [0, 1]."""
