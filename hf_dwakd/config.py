@@ -1,4 +1,4 @@
-"""`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (METHOD.md)."""
+"""`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (docs/method.md)."""
 
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -6,6 +6,7 @@ from typing import Any
 from trl import SFTConfig
 
 from .objective import DIVERGENCES, DWAKDLossOptions
+from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
 from .registry import get_method, registered_methods
 
@@ -16,8 +17,8 @@ DEFAULT_CE_WEIGHT = 0.5  # every method's but dskd's, whose ce_weight follows kd
 @dataclass
 class DWAKDConfig(SFTConfig):
     r"""
-    Configuration for [`DWAKDTrainer`]: every field of [`trl.SFTConfig`] plus the DWA-KD knobs below. Defaults follow
-    the paper (arXiv 2602.21669) as decided in METHOD.md.
+    Configuration for [`DWAKDTrainer`]: every field of [`trl.SFTConfig`] plus the DWA-KD knobs below. Defaults are
+    those of docs/method.md: the paper's (arXiv 2602.21669), or the released code's where the paper states none.
 
     Teacher:
         teacher_model_name_or_path (`str`, *optional*): Hub id or path of the teacher, when `teacher_model` is not
@@ -28,7 +29,7 @@ class DWAKDConfig(SFTConfig):
 
     Objective:
         kd_method (`str`, defaults to `"dwakd"`): the distillation objective, a method of the registry
-            (`registry.py`): `dwakd`, or a baseline of METHOD.md §6 (`sft` needs no teacher). Baselines train
+            (`registry.py`): `dwakd`, or a baseline of docs/method.md, Baselines (`sft` needs no teacher). Baselines train
             `ce_weight * CE + kd_weight * KD`.
         max_prompt_length (`int`, defaults to `256`): prompt tokens kept on each side (`max_length` defaults to 512).
         ce_weight, kd_weight, dtw_weight (`float`, defaults to `0.5`, `0.5`, `0.2`): weights of the student
@@ -42,6 +43,11 @@ class DWAKDConfig(SFTConfig):
             space: `kd_divergence: skewed_reverse_kl` with `kd_teacher_divergence: forward_kl` reproduces them.
         kd_skew (`float`, defaults to `0.1`): mixture weight of the skewed divergences.
         use_entropy_weighting, use_teacher_gate (`bool`, default `True`): ablation switches of the token weights.
+        student_weight_normalization (`str`, defaults to `"product"`): `"product"` normalises H_s * g per sequence;
+            `"entropy"` (the released DWA-KD code) normalises H_s and multiplies by the raw gate g.
+        kd_warmup_steps (`int`, defaults to `0`): ramp the student-space KD term linearly from 0 to full weight
+            over this many optimizer steps (the released DWA-KD code's warm-up; the teacher-space KD and the
+            projectors' warm-up CE keep their full weight, so the projection learns before it is imitated).
         use_dtw, use_dtw_band, use_dtw_hidden, use_dtw_embed (`bool`, default `True`): ablation switches of the
             Soft-DTW alignment, its attention-entropy band and each of its two pairs.
         dtw_gamma (`float`, defaults to `2.0`): Soft-DTW smoothing; with `dtw_gamma_end` and
@@ -109,6 +115,20 @@ class DWAKDConfig(SFTConfig):
     use_teacher_gate: bool = field(
         default=True, metadata={"help": "Ablation: multiply the student entropy by the teacher confidence gate."}
     )
+    student_weight_normalization: str = field(
+        default="product",
+        metadata={
+            "help": "What the per-sequence normalisation of the student KD weights covers: 'product' (H_s * gate) "
+            "or 'entropy' (H_s alone, then times the raw gate, as the released DWA-KD code does)."
+        },
+    )
+    kd_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps over which the student-space KD term ramps linearly from 0 to full weight "
+            "(the teacher-space KD and the projectors' CE are not ramped)."
+        },
+    )
     use_dtw: bool = field(default=True, metadata={"help": "Ablation: the Soft-DTW sequence alignment term."})
     use_dtw_band: bool = field(default=True, metadata={"help": "Ablation: the attention-entropy soft band."})
     use_dtw_hidden: bool = field(default=True, metadata={"help": "Ablation: the hidden-state Soft-DTW pair."})
@@ -168,6 +188,8 @@ class DWAKDConfig(SFTConfig):
             )
         if self.dtw_gamma_end is not None and (self.dtw_gamma_end <= 0 or self.dtw_gamma_anneal_steps < 0):
             raise ValueError("`dtw_gamma_end` must be > 0 and `dtw_gamma_anneal_steps` >= 0.")
+        if self.kd_warmup_steps < 0:
+            raise ValueError(f"`kd_warmup_steps` must be >= 0, got {self.kd_warmup_steps}.")
         self.loss_options()  # validates every objective knob, with the errors naming this config's fields
         if self.projector_learning_rate <= 0:
             raise ValueError(f"`projector_learning_rate` must be > 0, got {self.projector_learning_rate}.")
@@ -189,8 +211,10 @@ class DWAKDConfig(SFTConfig):
 
     def loss_options(self, step: int = 0) -> DWAKDLossOptions:
         """The objective's options at optimizer step `step` (gamma annealed when configured)."""
-        values = {option.name: getattr(self, option.name) for option in fields(DWAKDLossOptions)}
+        # `kd_student_scale` is the one option without a field of its name: the KD warm-up's value at `step`.
+        values = {name: getattr(self, name) for name in CONFIG_OPTIONS}
         values["dtw_gamma"] = self.dtw_gamma_at(step)
+        values["kd_student_scale"] = self.kd_warmup_scale_at(step)
         values["use_dtw"] = self.use_dtw and self.dtw_weight > 0
         try:
             return DWAKDLossOptions(**values)
@@ -231,6 +255,12 @@ class DWAKDConfig(SFTConfig):
     def needs_embedding_projector(self) -> bool:
         embedding_projector = get_method(self.kd_method).embedding_projector
         return self.needs_projectors and embedding_projector is not None and embedding_projector(self)
+
+    def kd_warmup_scale_at(self, step: int) -> float:
+        """The student-space KD term's scale at optimizer step `step`: 1, or ramped from 0 over `kd_warmup_steps`."""
+        if self.kd_warmup_steps == 0:
+            return 1.0
+        return min(step / self.kd_warmup_steps, 1.0)
 
     def dtw_gamma_at(self, step: int) -> float:
         """Soft-DTW gamma at optimizer step `step`: constant, or linearly annealed when configured."""

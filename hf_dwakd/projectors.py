@@ -1,4 +1,4 @@
-"""The trainable projectors between the student and teacher spaces (METHOD.md §2 table)."""
+"""The trainable projectors between the student and teacher spaces (docs/method.md, Cross-model attention)."""
 
 from torch import nn
 

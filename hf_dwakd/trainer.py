@@ -180,8 +180,17 @@ class DWAKDTrainer(SFTTrainer):
         return self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
     def _attach_projectors(self, teacher_hidden_size):
+        """Register the projectors in the student, in the dtype of the student's own trainable weights.
+
+        Under LoRA those are PEFT's float32 adapters over a (possibly bf16) frozen base: projectors in the base's
+        dtype would get pure-bf16 AdamW updates, lost once they fall below half a bf16 ulp. Where TRL keeps the
+        adapters in bf16 (ZeRO-3, whose gathers need one dtype; QLoRA) the projectors follow them, and DeepSpeed
+        and FSDP then handle them as they handle the student's weights (DeepSpeed's float32 master copies,
+        accelerate's float32 upcast of trainable FSDP parameters). The objective casts inputs to their dtype.
+        """
         student_hidden_size = self.model.config.get_text_config().hidden_size
-        reference = next(self.model.parameters())
+        trainable = [p for p in self.model.parameters() if p.requires_grad and p.is_floating_point()]
+        reference = trainable[0] if trainable else next(self.model.parameters())
         projectors = DWAKDProjectors(
             student_hidden_size, teacher_hidden_size, embedding_projector=self.args.needs_embedding_projector
         )
@@ -250,6 +259,8 @@ class DWAKDTrainer(SFTTrainer):
         self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
         if "dtw_hidden" in metrics or "dtw_embed" in metrics:
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
+        if self.args.kd_warmup_steps > 0:
+            self._metrics[mode]["kd_student_scale"].append(self.args.kd_warmup_scale_at(self.state.global_step))
         return (loss, student) if return_outputs else loss
 
     def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size):

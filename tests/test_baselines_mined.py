@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import logits_side
+from testing_utils import logits_side
 
 from hf_dwakd.baselines import MinEDAligner, mined_loss, mined_vocab
 from hf_dwakd.baselines.edit_distance import align_sequences, nearest_strings

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import logits_side
+from testing_utils import logits_side
 
 from hf_dwakd.baselines import multilevel_ot_loss
 from hf_dwakd.baselines.multilevel_ot import sinkhorn_plan

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import logits_side
+from testing_utils import logits_side
 
 from hf_dwakd.baselines import uld_loss
 from hf_dwakd.objective.outputs import IGNORE_INDEX

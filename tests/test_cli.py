@@ -17,7 +17,7 @@ from hf_dwakd.scripts import train as train_script
 from hf_dwakd.config import DWAKDConfig
 from hf_dwakd.evaluation import alpaca_prompt
 
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 DSKD_ROWS = [
     {"instruction": f"Question {i}?", "prompt": alpaca_prompt(f"Question {i}?"), "input": "", "output": f"Answer {i}."}

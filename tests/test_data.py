@@ -6,7 +6,7 @@ import warnings
 import datasets
 import pytest
 import torch
-from conftest import SHARED_DATA, load_tokenizer, requires_shared_data
+from testing_utils import DATA, load_tokenizer
 
 from hf_dwakd.data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
 
@@ -329,17 +329,18 @@ def test_parallel_preparation_gives_the_same_rows(student_tokenizer, teacher_tok
     assert serial.to_list() == parallel.to_list()
 
 
-@requires_shared_data
 def test_dolly_rows_load_and_tokenize(student_tokenizer, teacher_tokenizer, tmp_path):
-    dataset = datasets.load_dataset(
-        "json", data_files=str(SHARED_DATA / "dolly" / "train.jsonl"), split="train[:24]", cache_dir=str(tmp_path)
-    )
+    files = [str(DATA / "dolly" / name) for name in ("train.jsonl", "dev.jsonl")]
+    dataset = datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(tmp_path))
     assert check_dataset_columns(dataset.column_names) == "dskd"
     prepared = prepare_distillation_dataset(dataset, student_tokenizer, teacher_tokenizer)
-    assert len(prepared) == 24
+    assert len(prepared) == len(dataset) == 15
+    whole_responses = 0
     for source, row in zip(dataset, prepared):
         for prefix, tokenizer in zip(SIDES, (student_tokenizer, teacher_tokenizer)):
             prompt_ids, response_ids = split_at_response(row, prefix)
             assert len(prompt_ids) <= 256 and len(prompt_ids) + len(response_ids) <= 512
             if response_ids[-1] == tokenizer.eos_token_id:  # not truncated
                 check_response_is(row, prefix, tokenizer, source["output"])
+                whole_responses += 1
+    assert whole_responses > 0

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, tiny_causal_lm
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import get_peft_config

@@ -1,10 +1,11 @@
-"""Benchmark loading: DSKD-format jsonl, the Dolly halves, the Hub loader path, bad input, the shared files."""
+"""Benchmark loading: DSKD-format jsonl, the Dolly halves, the Hub loader path, bad input, the bundled fixture files
+and, beside a working copy, the full shared files."""
 
 import json
 
 import pytest
 
-from conftest import SHARED_DATA, requires_shared_data
+from testing_utils import DATA, SHARED_DATA, requires_shared_data
 from hf_dwakd.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkSource,
@@ -17,7 +18,7 @@ from hf_dwakd.evaluation.benchmarks import (
     parse_benchmark_names,
 )
 
-# The two templates exactly as ../shared/data/NOTICE.md and METHOD.md §7 state them.
+# The two templates exactly as docs/method.md (Evaluation protocol) and ../shared/data/NOTICE.md state them.
 WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
     "response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
@@ -147,32 +148,64 @@ def test_malformed_records_name_file_and_line(tmp_path):
         examples_from_jsonl(path)
 
 
-@requires_shared_data
-def test_shared_benchmark_files_load_with_the_stated_counts():
-    counts = {name: load_benchmark(name, SHARED_DATA) for name in BENCHMARKS}
-    assert len(counts["self-inst"].examples) == 242
-    assert len(counts["vicuna"].examples) == 80
-    assert len(counts["sinst"].examples) == 1694
-    assert {len(example.references) for example in counts["sinst"].examples} <= set(range(1, 21))
-    assert max(len(example.references) for example in counts["sinst"].examples) > 1
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
-    # Dolly: 1,000 dev lines, halves of 500; the 10 prompts shared with the training prefix sit on 12 dev
-    # lines (two are repeated), counted here independently of the loader.
-    dev = [json.loads(line) for line in (SHARED_DATA / "dolly" / "dev.jsonl").read_text().splitlines()]
-    train_lines = (SHARED_DATA / "dolly" / "train.jsonl").read_text().splitlines()
-    train_prompts = {json.loads(line)["prompt"] for line in train_lines}
+
+def check_benchmark_files(data_dir):
+    """Load every benchmark of `data_dir` and check it against the files read here directly; return the examples
+    per benchmark, the Dolly selection half, and the indices of the dev lines whose prompt is a training prompt."""
+    loaded = {name: load_benchmark(name, data_dir).examples for name in BENCHMARKS}
+    for name in ("self-inst", "vicuna", "sinst"):
+        records = read_lines(data_dir / BENCHMARKS[name].local_file)
+        assert [example.prompt for example in loaded[name]] == [record["prompt"] for record in records]
+        expected = [tuple(r["output"]) if isinstance(r["output"], list) else (r["output"],) for r in records]
+        assert [example.references for example in loaded[name]] == expected
+    assert all(isinstance(record["output"], list) for record in read_lines(data_dir / "sinst" / "test.jsonl"))
+    assert max(len(example.references) for example in loaded["sinst"]) > 1
+
+    # Dolly: the second half of dev is evaluated, the first half selects; training prompts leave both.
+    dev = read_lines(data_dir / "dolly" / "dev.jsonl")
+    train_prompts = {record["prompt"] for record in read_lines(data_dir / "dolly" / "train.jsonl")}
     overlapping = [index for index, record in enumerate(dev) if record["prompt"] in train_prompts]
-    assert len(dev) == 1000 and len({dev[index]["prompt"] for index in overlapping}) == 10
-    evaluated, selected = counts["dolly"].examples, dolly_selection_examples(SHARED_DATA)
-    assert len(evaluated) == 500 - sum(index >= 500 for index in overlapping) == 496
-    assert len(selected) == 500 - sum(index < 500 for index in overlapping) == 492
-    assert [example.prompt for example in evaluated] == [
-        record["prompt"] for record in dev[500:] if record["prompt"] not in train_prompts
+    half = len(dev) // 2
+    selected = dolly_selection_examples(data_dir)
+    assert [example.prompt for example in loaded["dolly"]] == [
+        record["prompt"] for record in dev[half:] if record["prompt"] not in train_prompts
     ]
     assert [example.prompt for example in selected] == [
-        record["prompt"] for record in dev[:500] if record["prompt"] not in train_prompts
+        record["prompt"] for record in dev[:half] if record["prompt"] not in train_prompts
+    ]
+    assert [example.references for example in loaded["dolly"]] == [
+        (record["output"],) for record in dev[half:] if record["prompt"] not in train_prompts
     ]
 
-    for benchmark in counts.values():
-        for example in benchmark.examples:
+    for examples in [*loaded.values(), selected]:
+        for example in examples:
             assert example.prompt == alpaca_prompt(example.instruction, example.input)
+    return loaded, selected, overlapping
+
+
+def test_benchmark_fixture_files_load_like_the_full_sets():
+    loaded, selected, overlapping = check_benchmark_files(DATA)
+    assert {name: len(examples) for name, examples in loaded.items()} == {
+        "dolly": 2, "self-inst": 6, "vicuna": 3, "sinst": 4
+    }
+    # Two training prompts in each dev half (one of them on two lines), as fixtures/data/NOTICE.md says.
+    assert overlapping == [2, 3, 6, 7] and len(selected) == 2
+    assert {example.input == "" for example in loaded["self-inst"]} == {True, False}
+
+
+@requires_shared_data
+def test_shared_benchmark_files_load_with_the_stated_counts():
+    loaded, selected, overlapping = check_benchmark_files(SHARED_DATA)
+    assert len(loaded["self-inst"]) == 242
+    assert len(loaded["vicuna"]) == 80
+    assert len(loaded["sinst"]) == 1694
+    assert {len(example.references) for example in loaded["sinst"]} <= set(range(1, 21))
+    # Dolly: 1,000 dev lines, halves of 500; the 10 prompts shared with the training prefix sit on 12 dev
+    # lines (two are repeated).
+    dev = read_lines(SHARED_DATA / "dolly" / "dev.jsonl")
+    assert len(dev) == 1000 and len({dev[index]["prompt"] for index in overlapping}) == 10
+    assert len(loaded["dolly"]) == 500 - sum(index >= 500 for index in overlapping) == 496
+    assert len(selected) == 500 - sum(index < 500 for index in overlapping) == 492

@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
-from conftest import tiny_causal_lm
+from testing_utils import tiny_causal_lm
 from hf_dwakd.evaluation import callback as callback_module
 from hf_dwakd.evaluation.benchmarks import Example, alpaca_prompt
 from hf_dwakd.evaluation.callback import RougeEvalCallback

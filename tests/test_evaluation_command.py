@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, tiny_causal_lm
 from hf_dwakd.evaluation import runner
 from hf_dwakd.evaluation.benchmarks import alpaca_prompt
 from hf_dwakd.evaluation.command import build_parser, main

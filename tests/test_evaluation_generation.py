@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tiny_causal_lm
+from testing_utils import tiny_causal_lm
 from hf_dwakd.evaluation.benchmarks import Example, alpaca_prompt
 from hf_dwakd.evaluation.generation import (
     GenerationSettings,

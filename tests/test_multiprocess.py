@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 COMPONENTS = ["loss", "ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed", "grad_norm"]
 ROWS = [

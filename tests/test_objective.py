@@ -1,11 +1,11 @@
-"""The DWA-KD objective against a direct, loop-based float64 computation of METHOD.md §2-§5 written here."""
+"""The DWA-KD objective against a direct, loop-based float64 computation of docs/method.md written here."""
 
 import dataclasses
 import math
 
 import pytest
 import torch
-from test_objective_divergences import reference_divergence
+from testing_utils import LENGTH, make_inputs, reference_divergence
 
 from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss, gather_responses, shift_for_next_token
 from hf_dwakd.objective.alignment import embedding_alignment, hidden_alignment
@@ -13,45 +13,6 @@ from hf_dwakd.objective.attention import cross_model_attention
 from hf_dwakd.objective.dual_space import student_space, teacher_space
 from hf_dwakd.objective.weights import normalise_per_sequence, student_raw_weights, teacher_raw_weights
 from hf_dwakd.projectors import DWAKDProjectors
-
-# Response positions (label != -100) per example; example 1 has a hole, as a mask may.
-STUDENT_RESPONSES = [range(4, 14), [2, 3, 5, 6, 7, 8], range(9, 12)]
-TEACHER_RESPONSES = [range(3, 11), range(5, 12), range(12, 14)]
-LENGTH = 15
-STUDENT = dict(vocab_size=50, width=53, hidden=8)  # a padded LM head: 53 logit columns, 50 tokens
-TEACHER = dict(vocab_size=40, width=40, hidden=12)
-
-
-def make_side(positions, vocab_size, width, hidden, seed, requires_grad=True, dtype=torch.float32):
-    generator = torch.Generator().manual_seed(seed)
-    batch = len(positions)
-
-    def leaf(*shape, scale=1.0):
-        value = (scale * torch.randn(*shape, generator=generator)).to(dtype)
-        return value.requires_grad_(requires_grad)
-
-    labels = torch.full((batch, LENGTH), -100)
-    for b, rows in enumerate(positions):
-        rows = list(rows)
-        labels[b, rows] = torch.randint(0, vocab_size, (len(rows),), generator=generator)
-    return SideOutputs(
-        logits=leaf(batch, LENGTH, width, scale=3.0),
-        hidden=leaf(batch, LENGTH, hidden),
-        input_embeds=leaf(batch, LENGTH, hidden),
-        target_embeds=leaf(batch, LENGTH, hidden),
-        labels=labels,
-        lm_head_weight=leaf(width, hidden),
-        vocab_size=vocab_size,
-    )
-
-
-def make_inputs(seed=0, requires_grad=True, dtype=torch.float32, teacher_requires_grad=False):
-    student = make_side(STUDENT_RESPONSES, **STUDENT, seed=seed, requires_grad=requires_grad, dtype=dtype)
-    teacher = make_side(TEACHER_RESPONSES, **TEACHER, seed=seed + 1, requires_grad=teacher_requires_grad, dtype=dtype)
-    torch.manual_seed(seed + 2)
-    projectors = DWAKDProjectors(STUDENT["hidden"], TEACHER["hidden"])
-    return student, teacher, projectors
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reference: one example, one token, one cell at a time, in float64.
@@ -124,7 +85,8 @@ def _dtw_divergence(x, y, gamma, band=None):
 
 
 def reference(student, teacher, projectors, options, num_items=None):
-    """Every component of METHOD.md §2-§5, summed over examples and divided by `num_items`."""
+    """Every component of docs/method.md (Cross-model attention to Loss), summed over examples and divided by
+    `num_items`."""
     sums = dict(ce=0.0, kd_student=0.0, kd_teacher=0.0, ce_t2s=0.0, dtw_hidden=0.0, dtw_embed=0.0)
     raw_student, raw_teacher, t2s_correct, s2t_correct = [], [], [], []
     d_t = teacher.hidden.shape[-1]
@@ -146,7 +108,7 @@ def reference(student, teacher, projectors, options, num_items=None):
         a_s2t = torch.stack([_softmax(scores[:, j]) for j in range(m)])
         s_head, t_head = student.lm_head_weight.detach().double(), teacher.lm_head_weight.detach().double()
 
-        raw, divergences = [], []
+        raw, entropies, gates, divergences = [], [], [], []
         for i, position in enumerate(s_pos):
             label = int(student.labels[b, position])
             logits = student.logits[b, position].detach().double()
@@ -161,8 +123,15 @@ def reference(student, teacher, projectors, options, num_items=None):
             entropy = _entropy(logits[: student.vocab_size])
             gate = float(_softmax(projected[: student.vocab_size]).max())
             raw.append(entropy * gate if options.use_teacher_gate else entropy)
+            entropies.append(entropy)
+            gates.append(gate if options.use_teacher_gate else 1.0)
             t2s_correct.append(int(projected.argmax()) == label)
-        weights = _normalise(raw) if options.use_entropy_weighting else [1.0] * n
+        if not options.use_entropy_weighting:
+            weights = [1.0] * n
+        elif options.student_weight_normalization == "entropy":  # normalise H_s, then times the raw gate
+            weights = [weight * gate for weight, gate in zip(_normalise(entropies), gates)]
+        else:
+            weights = _normalise(raw)
         sums["kd_student"] += sum(w * d for w, d in zip(weights, divergences))
         raw_student += raw
 
@@ -204,6 +173,7 @@ def reference(student, teacher, projectors, options, num_items=None):
         dtw_embed=options.use_dtw and options.dtw_weight > 0 and options.use_dtw_embed,
     )
     components = {name: value for name, value in components.items() if on[name]}
+    weight_of["kd_student"] = options.kd_weight * options.kd_student_scale
     total = sum(weight_of.get(name, options.kd_weight) * value for name, value in components.items())
     if options.kd_weight > 0:
         components["t2s_acc"] = sum(t2s_correct) / len(t2s_correct)
@@ -257,6 +227,9 @@ def test_the_teacher_divergence_changes_only_the_teacher_space_term():
     [
         dict(use_entropy_weighting=False),
         dict(use_teacher_gate=False),
+        dict(student_weight_normalization="entropy"),
+        dict(student_weight_normalization="entropy", use_teacher_gate=False),
+        dict(kd_student_scale=0.25),
         dict(use_dtw_band=False),
         dict(use_dtw_hidden=False),
         dict(use_dtw_embed=False),
@@ -523,9 +496,9 @@ def _identity_projectors(hidden_size, query_scale):
 def test_a_student_identical_to_the_teacher(student_tokenizer):
     """Same tokenizer and weights, identity projectors: both DTW divergences vanish, and with a query scaled so
     the attention is one-hot (h_s2t = H_s) so does the teacher-space KD. The student-space KD compares p_s with
-    p_t2s, whose value path t2s(N(H_t) + N(E_t(tgt))) is not H_s (METHOD.md §2); it is 0 exactly when the student
-    logits equal z_t2s, checked last."""
-    from conftest import tiny_causal_lm
+    p_t2s, whose value path t2s(N(H_t) + N(E_t(tgt))) is not H_s (docs/method.md, Cross-model attention); it is 0
+    exactly when the student logits equal z_t2s, checked last."""
+    from testing_utils import tiny_causal_lm
 
     model = tiny_causal_lm(student_tokenizer, family="llama", hidden_size=16).eval()
     texts = ["Name a colour. Blue sky at noon", "Add two and two: four, said the pupil"]

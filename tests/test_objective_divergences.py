@@ -1,58 +1,12 @@
 """Token-level divergences against per-token loops written here in float64."""
 
-import math
-
 import pytest
 import torch
+from testing_utils import reference_divergence
 
 from hf_dwakd.objective.divergences import DIVERGENCES, divergence
 
 NAMES = sorted(DIVERGENCES)
-
-
-def _softmax(logits, temperature):
-    values = [x / temperature for x in logits]
-    top = max(values)
-    exps = [math.exp(x - top) for x in values]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def _kl(p, q):
-    return sum(pv * (math.log(pv) - math.log(qv)) for pv, qv in zip(p, q) if pv > 0)
-
-
-def _mix(a, b, weight_a):
-    return [weight_a * x + (1 - weight_a) * y for x, y in zip(a, b)]
-
-
-def reference_divergence(name, logits, target_logits, temperature, skew=0.1):
-    """One token: q from `logits` (the model), p from `target_logits` (the target), python floats."""
-    q = _softmax(logits, temperature)
-    p = _softmax(target_logits, temperature)
-    if name == "forward_kl":
-        return _kl(p, q)
-    if name == "reverse_kl":
-        return _kl(q, p)
-    if name == "skewed_forward_kl":
-        return _kl(p, _mix(p, q, skew))
-    if name == "skewed_reverse_kl":
-        return _kl(q, _mix(q, p, skew))
-    if name == "js":
-        m = _mix(p, q, 0.5)
-        return 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
-    if name == "adaptive_kl":
-        head, mass = set(), 0.0
-        for v in sorted(range(len(p)), key=lambda v: -p[v]):
-            if mass >= 0.5:
-                break
-            head.add(v)
-            mass += p[v]
-        gap_head = sum(abs(p[v] - q[v]) for v in head)
-        gap_tail = sum(abs(p[v] - q[v]) for v in range(len(p)) if v not in head)
-        total = gap_head + gap_tail
-        return gap_head / total * _kl(p, q) + gap_tail / total * _kl(q, p)
-    raise KeyError(name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_objective import make_inputs
+from testing_utils import make_inputs
 
 from hf_dwakd.objective import DWAKDLossOptions, cross_model_attention, gather_responses
 from hf_dwakd.objective.divergences import DIVERGENCES, LOG_FLOOR, divergence, floored

@@ -18,7 +18,7 @@ from hf_dwakd.scripts.train import parse_train_arguments
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ACCELERATE = RECIPES / "accelerate"
 
-# recipe -> (teacher, student, LoRA, learning rate, epochs), METHOD.md §7 / the paper's Table 4.
+# recipe -> (teacher, student, LoRA, learning rate, epochs), the paper's Table 4.
 PAPER_PAIRS = {
     "qwen1.5-1.8b_to_gpt2": ("Qwen/Qwen1.5-1.8B", "gpt2", False, 5e-4, 20),
     "qwen1.5-1.8b_to_gpt2-medium": ("Qwen/Qwen1.5-1.8B", "gpt2-medium", False, 5e-4, 20),

@@ -13,7 +13,7 @@ from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss
 from hf_dwakd.projectors import DWAKDProjectors
 from hf_dwakd.registry import DistillationMethod, get_method, register_method
 
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 CONFIG = dict(
     report_to="none",

@@ -7,64 +7,14 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
-from hf_dwakd import DWAKDConfig, DWAKDTrainer
-from hf_dwakd.trainer import PROJECTORS_NAME
+from hf_dwakd import DWAKDTrainer
+from hf_dwakd.trainer import PROJECTORS_ATTRIBUTE, PROJECTORS_NAME
 
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import ROWS, clone_parameters, load_tokenizer, make_config, make_trainer, tiny_causal_lm
 
 COMPONENTS = ["ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed"]
-
-ROWS = [
-    {"prompt": "### Instruction:\nName a colour.\n\n### Response:\n", "completion": "Blue, like the sky."},
-    {"prompt": "### Instruction:\nAdd 2 and 3.\n\n### Response:\n", "completion": "2 + 3 = 5"},
-    {"prompt": "### Instruction:\nSay hello in Chinese.\n\n### Response:\n", "completion": "你好！"},
-    {"prompt": "### Instruction:\nWrite a Python function.\n\n### Response:\n", "completion": "def f(x):\n    return x"},
-    {"prompt": "### Instruction:\nGive an emoji.\n\n### Response:\n", "completion": "Here you go: 🙂"},
-    {"prompt": "### Instruction:\nWhat is DTW?\n\n### Response:\n", "completion": "Dynamic time warping."},
-    {"prompt": "### Instruction:\nCount to three.\n\n### Response:\n", "completion": "one, two, three"},
-    {"prompt": "### Instruction:\nOpposite of up?\n\n### Response:\n", "completion": "Down."},
-]
-
-
-def make_config(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=3,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=0,
-        dataloader_num_workers=0,
-        max_length=64,
-        max_prompt_length=32,
-    )
-    defaults.update(overrides)
-    return DWAKDConfig(**defaults)
-
-
-def make_trainer(tmp_path, student_family="llama", peft_config=None, rows=ROWS, **overrides):
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
-    student = tiny_causal_lm(student_tokenizer, family=student_family, hidden_size=16, seed=1)
-    teacher = tiny_causal_lm(teacher_tokenizer, family="llama", hidden_size=24, seed=2)
-    return DWAKDTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=make_config(tmp_path, **overrides),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=student_tokenizer,
-        teacher_processing_class=teacher_tokenizer,
-        peft_config=peft_config,
-    )
-
-
-def clone_parameters(module):
-    return {name: p.detach().clone() for name, p in module.named_parameters()}
 
 
 def test_full_finetuning_logs_every_component_and_updates_projectors(tmp_path):
@@ -105,6 +55,40 @@ def test_lora_trains_adapter_and_projectors_but_not_base_weights(tmp_path):
     assert any("dwakd_projectors" in name for name in changed)
     assert all("lora_" in name or "dwakd_projectors" in name for name in changed), changed
     assert all(p.requires_grad for p in trainer.projectors.parameters())
+
+
+def test_lora_over_a_bf16_base_trains_float32_projectors_to_the_last_step(tmp_path):
+    """Projectors follow the float32 LoRA adapters, not the frozen bf16 base: a late, small update is not lost."""
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    before_last_step = {}
+
+    class RecordBeforeLastStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == args.max_steps - 1:
+                before_last_step.update(clone_parameters(getattr(model, PROJECTORS_ATTRIBUTE)))
+
+    trainer = DWAKDTrainer(
+        model=tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1).to(torch.bfloat16),
+        teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, seed=2).to(torch.bfloat16),
+        args=make_config(tmp_path, lr_scheduler_type="cosine", projector_learning_rate=1e-5),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+        peft_config=lora,
+        callbacks=[RecordBeforeLastStep()],
+    )
+    assert next(trainer.model.get_base_model().parameters()).dtype == torch.bfloat16
+    assert {p.dtype for name, p in trainer.model.named_parameters() if "lora_" in name} == {torch.float32}
+    assert {p.dtype for p in trainer.projectors.parameters()} == {torch.float32}
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert before_last_step
+    # The last cosine step moves each weight by about 2.5e-6, below half a bf16 ulp (6e-5 at 0.02).
+    for name, value in trainer.projectors.named_parameters():
+        assert value.dtype == torch.float32
+        assert not torch.equal(before_last_step[name], value.detach()), name
 
 
 def test_gradient_accumulation_gives_the_same_loss_and_update(tmp_path):
@@ -224,6 +208,9 @@ def test_push_to_hub_uploads_student_tokenizer_card_and_never_the_teacher(tmp_pa
         (dict(dtw_gamma_end=0.1), "dtw_gamma_anneal_steps"),
         (dict(dtw_band_alpha=1.5), "dtw_band_alpha"),
         (dict(max_prompt_length=64, max_length=64), "max_prompt_length"),
+        (dict(student_weight_normalization="sum"), "student_weight_normalization"),
+        (dict(kd_warmup_steps=-1), "kd_warmup_steps"),
+        (dict(kd_method="dskd", kd_warmup_steps=5), "kd_warmup_steps"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, overrides, message):
@@ -234,6 +221,23 @@ def test_config_errors_name_the_field(tmp_path, overrides, message):
 def test_gamma_annealing_is_linear(tmp_path):
     config = make_config(tmp_path, dtw_gamma=2.0, dtw_gamma_end=0.5, dtw_gamma_anneal_steps=3)
     assert [config.dtw_gamma_at(step) for step in (0, 1, 3, 10)] == pytest.approx([2.0, 1.5, 0.5, 0.5])
+
+
+def test_kd_warmup_ramps_the_student_space_term_linearly(tmp_path):
+    config = make_config(tmp_path, kd_warmup_steps=4)
+    assert [config.loss_options(step).kd_student_scale for step in (0, 1, 4, 9)] == pytest.approx([0, 0.25, 1, 1])
+    assert make_config(tmp_path).loss_options(0).kd_student_scale == 1.0
+
+
+def test_kd_warmup_leaves_the_other_terms_and_logs_the_scale(tmp_path):
+    trainer = make_trainer(tmp_path, kd_warmup_steps=2, max_steps=3, logging_steps=1)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["kd_student_scale"] for entry in logs] == pytest.approx([0.0, 0.5, 1.0])
+    first = logs[0]  # step 0: only the student-space KD is off
+    expected = 0.5 * first["ce"] + 0.5 * (first["kd_teacher"] + first["ce_t2s"])
+    expected += 0.2 * (first["dtw_hidden"] + first["dtw_embed"])
+    assert first["loss"] == pytest.approx(expected, rel=1e-3)
 
 
 class TestErrorsBeforeExpensiveWork:
@@ -298,7 +302,7 @@ class TestErrorsBeforeExpensiveWork:
     def test_missing_pad_token_falls_back_to_eos_with_a_warning(self, tmp_path):
         from transformers import AutoTokenizer
 
-        from conftest import TOKENIZERS
+        from testing_utils import TOKENIZERS
 
         student_tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "gpt2")
         assert student_tokenizer.pad_token is None

@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM
 from hf_dwakd import DWAKDTrainer
 from hf_dwakd.trainer import PROJECTORS_NAME
 
-from conftest import load_tokenizer, tiny_causal_lm
-from test_trainer import ROWS, make_config, make_trainer
+from testing_utils import ROWS, load_tokenizer, make_config, make_trainer, tiny_causal_lm
 
 METHOD_OPTIONS = {
     "sft": {},

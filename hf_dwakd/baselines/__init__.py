@@ -1,4 +1,4 @@
-"""The baselines of METHOD.md §6, each registering its method (`hf_dwakd.registry`) beside its loss.
+"""The baselines of docs/method.md (Baselines), each registering its method (`hf_dwakd.registry`) beside its loss.
 
 The KD terms keep a tensor-level signature, `loss(student, teacher, num_items_in_batch=None, **options)` returning
 `(kd, metrics)`; `common.baseline_method` adds the student CE and reads the options from the config.

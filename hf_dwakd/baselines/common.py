@@ -2,7 +2,7 @@
 and the pairing of response positions by order.
 
 A baseline's KD term has the signature `kd_term(args, student, teacher, num_items_in_batch, context)` and returns
-`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (METHOD.md §5), and `metrics` holds
+`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (docs/method.md, Loss), and `metrics` holds
 detached scalars for logging. `baseline_method` turns it into a registered method.
 """
 

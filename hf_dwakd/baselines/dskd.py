@@ -1,4 +1,4 @@
-"""DSKD with cross-model attention (Zhang et al. 2024, arXiv 2406.17328), METHOD.md §6.
+"""DSKD with cross-model attention (Zhang et al. 2024, arXiv 2406.17328), docs/method.md, Baselines.
 
 The DWA-KD backbone (`hf_dwakd.objective`: cross-model attention with per-example normalisation, both spaces'
 divergences, the projector warm-up CE) without entropy weights and without Soft-DTW; the student-space KD counts

@@ -1,4 +1,4 @@
-"""SFT: the student's cross-entropy alone, without a teacher (METHOD.md §6)."""
+"""SFT: the student's cross-entropy alone, without a teacher (docs/method.md, Baselines)."""
 
 from hf_dwakd.baselines.common import student_ce
 from hf_dwakd.registry import DistillationMethod, register_method

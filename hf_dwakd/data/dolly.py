@@ -1,4 +1,5 @@
-"""databricks/databricks-dolly-15k's Hub columns as prompt/completion in the paper's template (METHOD.md §7)."""
+"""databricks/databricks-dolly-15k's Hub columns as prompt/completion in the paper's template (docs/method.md,
+Evaluation protocol)."""
 
 from datasets import Dataset
 

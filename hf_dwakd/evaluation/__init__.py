@@ -1,4 +1,5 @@
-"""Instruction-benchmark evaluation (METHOD.md §7): ROUGE-L on Dolly, Self-Instruct, Vicuna and S-NI."""
+"""Instruction-benchmark evaluation (docs/method.md, Evaluation protocol): ROUGE-L on Dolly, Self-Instruct, Vicuna
+and S-NI."""
 
 from .benchmarks import BENCHMARKS, Benchmark, Example, alpaca_prompt, dolly_selection_examples, load_benchmark
 from .callback import RougeEvalCallback

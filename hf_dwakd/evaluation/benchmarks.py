@@ -10,7 +10,8 @@ Local layout under a data directory (as in the DSKD/MiniLLM repositories):
     sinst/test.jsonl      Super-NaturalInstructions, responses of 11+ words (1,694)
 
 Each line is a JSON object with `output` (a reference string or a list of them) and either `prompt` or
-`instruction` (+ optional `input`), from which the prompt is built with the template of METHOD.md §7.
+`instruction` (+ optional `input`), from which the prompt is built with the template of docs/method.md (Evaluation
+protocol).
 
 Dolly: without `dolly/test.jsonl`, `dolly` is the second half of `dolly/dev.jsonl` (lines
 len//2+1 .. len, one-based) and model selection uses the first half (`dolly_selection_examples`), so nothing
@@ -76,7 +77,7 @@ DOLLY_TRAIN_FILE = "dolly/train.jsonl"
 
 
 def alpaca_prompt(instruction: str, input_text: str = "") -> str:
-    """The prompt template of METHOD.md §7 (the "### Input:" block only when there is an input)."""
+    """The prompt template of docs/method.md, Evaluation protocol ("### Input:" only when there is an input)."""
     if input_text:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
     return PROMPT_WITHOUT_INPUT.format(instruction=instruction)

@@ -1,4 +1,4 @@
-"""The DWA-KD objective (METHOD.md §2-§5) as tensor code: `dwakd_loss` on two models' `SideOutputs`."""
+"""The DWA-KD objective (docs/method.md) as tensor code: `dwakd_loss` on two models' `SideOutputs`."""
 
 from hf_dwakd.objective.attention import CrossModelAttention, cross_model_attention
 from hf_dwakd.objective.divergences import DIVERGENCES, divergence

@@ -1,4 +1,5 @@
-"""Sequence-level alignment (METHOD.md §4): the attention-entropy band and the two Soft-DTW divergence terms."""
+"""Sequence-level alignment (docs/method.md, Soft-DTW alignment): the attention-entropy band and the two Soft-DTW
+divergence terms."""
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ def attention_band(
     """Per student row i = 1..n: centre alpha * sum_j j a[i, j] + (1 - alpha) * i m / n, width base + beta * h_i.
 
     `t2s_attention` (B, n, m) holds a_t2s on the response positions, each valid row summing to 1; h_i is the
-    entropy of row i. Indices start at 1 (METHOD.md §4 decision).
+    entropy of row i. Indices start at 1 (docs/method.md, Decisions and differences from the released code).
     """
     attention = t2s_attention.float()
     n_max, m_max = attention.shape[1:]

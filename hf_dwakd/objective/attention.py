@@ -1,4 +1,4 @@
-"""Cross-model attention between student and teacher response positions (METHOD.md §2, the DSKD backbone).
+"""Cross-model attention between student and teacher response positions (docs/method.md, Cross-model attention).
 
 `cross_model_attention` returns the small (tokens x hidden) results; the vocabulary-wide logits are produced
 per chunk of tokens by `t2s_logits` and `s2t_logits`.
@@ -23,7 +23,7 @@ class CrossModelAttention:
 
 def normalise_per_example(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """N(z) = z / std(z), the std (unbiased, as torch's default) over one example's response positions and all
-    features (METHOD.md §2 decision). Returns float32."""
+    features (docs/method.md, Decisions and differences from the released code). Returns float32."""
     values = values.float()
     mask = valid[:, :, None].float()
     count = (valid.sum(dim=1).float() * values.shape[-1])[:, None, None]

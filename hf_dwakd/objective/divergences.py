@@ -1,4 +1,5 @@
-"""Token-level divergences between a model's distribution q and a target distribution p (METHOD.md §3).
+"""Token-level divergences between a model's distribution q and a target distribution p (docs/method.md,
+Dual-space KD).
 
 Every divergence takes logits (..., V), divides both by the temperature, works in float32 and returns one value
 per token (...). Log-probabilities are floored at `LOG_FLOOR` (far below float32's smallest probability) to keep

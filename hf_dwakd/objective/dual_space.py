@@ -1,4 +1,4 @@
-"""Per-token, vocabulary-wide terms of the student and teacher spaces (METHOD.md §3 and the student CE of §5).
+"""Per-token, vocabulary-wide terms of the student and teacher spaces (docs/method.md, Dual-space KD and Loss).
 
 Each function returns (N,) float32 values over one side's N response tokens, computed `chunk_size` tokens at a
 time. The logits are indexed inside the chunk, so only a chunk of them is ever upcast to float32. Each logit set

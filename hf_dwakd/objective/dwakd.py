@@ -1,6 +1,4 @@
-"""The DWA-KD loss (METHOD.md §5): lambda_ce CE + lambda_kd (L_stu + L_tea + L_ce_t2s) + lambda_dtw L_DTW."""
-
-from dataclasses import fields
+"""The DWA-KD loss (docs/method.md, Loss): lambda_ce CE + lambda_kd (L_stu + L_tea + L_ce_t2s) + lambda_dtw L_DTW."""
 
 import torch
 
@@ -8,10 +6,15 @@ from hf_dwakd.objective.alignment import attention_band, embedding_alignment, hi
 from hf_dwakd.objective.attention import CrossModelAttention, cross_model_attention
 from hf_dwakd.objective.checks import check_pair, check_projectors, check_responses, loss_denominator
 from hf_dwakd.objective.dual_space import student_cross_entropy, student_space, teacher_space
-from hf_dwakd.objective.options import DWAKDLossOptions
+from hf_dwakd.objective.options import CONFIG_OPTIONS, DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses, gather_responses
-from hf_dwakd.objective.weights import normalise_per_sequence, student_raw_weights, teacher_raw_weights
+from hf_dwakd.objective.weights import (
+    normalise_per_sequence,
+    student_raw_weights,
+    student_weights,
+    teacher_raw_weights,
+)
 from hf_dwakd.projectors import DWAKDProjectors
 from hf_dwakd.registry import DistillationMethod, LossContext, register_method
 
@@ -26,6 +29,11 @@ TERM_WEIGHTS = {
 }
 
 
+def _term_weight(name: str, options: DWAKDLossOptions) -> float:
+    weight = getattr(options, TERM_WEIGHTS[name])
+    return weight * options.kd_student_scale if name == "kd_student" else weight
+
+
 def _dual_space_kd(
     student: SideOutputs,
     teacher: SideOutputs,
@@ -35,7 +43,7 @@ def _dual_space_kd(
     options: DWAKDLossOptions,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Summed student CE (if ce_weight > 0; computed here to share the student logits' pass), L_stu, L_tea,
-    L_ce_t2s (METHOD.md §3), and the weight and accuracy statistics."""
+    L_ce_t2s (docs/method.md, Dual-space KD), and the weight and accuracy statistics."""
     with_cross_entropy = options.ce_weight > 0
     student_terms = student_space(
         student, student_responses, attention.t2s_hidden[student_responses.valid], options, with_cross_entropy
@@ -45,20 +53,26 @@ def _dual_space_kd(
         "t2s_acc": student_terms["correct"].float().mean(),
         "s2t_acc": teacher_terms["correct"].float().mean(),
     }
-    student_weights = torch.ones_like(student_terms["kd"])
-    teacher_weights = torch.ones_like(teacher_terms["kd"])
+    student_token_weights = torch.ones_like(student_terms["kd"])
+    teacher_token_weights = torch.ones_like(teacher_terms["kd"])
     if options.use_entropy_weighting:
         batch_size = student_responses.lengths.shape[0]
-        raw = student_raw_weights(student_terms["entropy"], student_terms.get("gate"), options.use_teacher_gate)
-        student_weights = normalise_per_sequence(raw, student_responses.batch_index, batch_size)
-        stats["weight_student"] = raw.mean()
+        gate = student_terms["gate"] if options.use_teacher_gate else None
+        student_token_weights = student_weights(
+            student_terms["entropy"],
+            gate,
+            options.student_weight_normalization,
+            student_responses.batch_index,
+            batch_size,
+        )
+        stats["weight_student"] = student_raw_weights(student_terms["entropy"], gate, options.use_teacher_gate).mean()
         raw = teacher_raw_weights(teacher_terms["entropy"], teacher.vocab_size)
-        teacher_weights = normalise_per_sequence(raw, teacher_responses.batch_index, batch_size)
+        teacher_token_weights = normalise_per_sequence(raw, teacher_responses.batch_index, batch_size)
         stats["weight_teacher"] = raw.mean()
     sums = {"ce": student_terms["ce"].sum()} if with_cross_entropy else {}
     sums |= {
-        "kd_student": (student_weights * student_terms["kd"]).sum(),
-        "kd_teacher": (teacher_weights * teacher_terms["kd"]).sum(),
+        "kd_student": (student_token_weights * student_terms["kd"]).sum(),
+        "kd_teacher": (teacher_token_weights * teacher_terms["kd"]).sum(),
         "ce_t2s": student_terms["projector_ce"].sum(),
     }
     return sums, stats
@@ -71,7 +85,7 @@ def _alignment(
     attention: CrossModelAttention | None,
     options: DWAKDLossOptions,
 ) -> dict[str, torch.Tensor]:
-    """Summed per-sequence Soft-DTW divergences of the pairs switched on (METHOD.md §4)."""
+    """Summed per-sequence Soft-DTW divergences of the pairs switched on (docs/method.md, Soft-DTW alignment)."""
     band = None
     if options.use_dtw_band:
         band = attention_band(
@@ -134,7 +148,7 @@ def dwakd_loss(
         sums.update(_alignment(student_responses, teacher_responses, projectors, attention, options))
 
     components = {name: value / denominator for name, value in sums.items()}
-    loss = sum(getattr(options, TERM_WEIGHTS[name]) * value for name, value in components.items())
+    loss = sum(_term_weight(name, options) * value for name, value in components.items())
     logged = {name: value.detach() for name, value in {**components, **stats}.items()}
     return loss, logged
 
@@ -149,7 +163,8 @@ register_method(
         loss=_loss_of_config,
         # Every knob of the objective, and the config fields that schedule or train it.
         fields=(
-            *(option.name for option in fields(DWAKDLossOptions)),
+            *CONFIG_OPTIONS,
+            "kd_warmup_steps",
             "dtw_gamma_end",
             "dtw_gamma_anneal_steps",
             "projector_learning_rate",

@@ -1,24 +1,28 @@
-"""The knobs of the DWA-KD objective, with METHOD.md's defaults, checked when built.
+"""The knobs of the DWA-KD objective, with the defaults of docs/method.md, checked when built.
 
-Each field carries the name of the `DWAKDConfig` field that sets it, so an error here names the config's field.
+Each option carries the name of the `DWAKDConfig` field that sets it, so an error here names the config's field;
+the one exception is `kd_student_scale`, which the config computes from `kd_warmup_steps` at each step.
 """
 
 import math
 from dataclasses import dataclass, fields
 
 from hf_dwakd.objective.divergences import check_divergence
+from hf_dwakd.objective.weights import STUDENT_WEIGHT_NORMALIZATIONS
 from hf_dwakd.ops.soft_dtw import BACKENDS
 
 
 @dataclass
 class DWAKDLossOptions:
-    """Weights (§5), KD (§3), Soft-DTW alignment and band (§4), and the Table 3 ablation switches.
+    """Weights (Loss), KD (Dual-space KD), Soft-DTW alignment and band, and the Table 3 ablation switches.
 
     `use_entropy_weighting=False` sets every KD weight to 1 (the gate then plays no part); `use_teacher_gate=False`
-    uses the student entropy alone. `use_dtw` turns the whole alignment off, `use_dtw_hidden`/`use_dtw_embed` one
-    pair each, `use_dtw_band` the attention-entropy band. `kd_teacher_divergence` is the teacher space's divergence
-    (None: `kd_divergence`, as in the student space). `kd_chunk_size` (tokens) bounds the vocabulary-wide memory;
-    `None` computes all tokens at once.
+    uses the student entropy alone; `student_weight_normalization` says what is normalised per sequence (see
+    `weights.student_weights`); `kd_student_scale` multiplies the student-space term alone (the KD warm-up ramps it
+    from 0 to 1). `use_dtw` turns the whole alignment off, `use_dtw_hidden`/`use_dtw_embed` one pair each,
+    `use_dtw_band` the attention-entropy band. `kd_teacher_divergence` is the teacher space's divergence (None:
+    `kd_divergence`, as in the student space). `kd_chunk_size` (tokens) bounds the vocabulary-wide memory; `None`
+    computes all tokens at once.
     """
 
     ce_weight: float = 0.5
@@ -30,6 +34,8 @@ class DWAKDLossOptions:
     kd_skew: float = 0.1
     use_entropy_weighting: bool = True
     use_teacher_gate: bool = True
+    student_weight_normalization: str = "product"
+    kd_student_scale: float = 1.0
     use_dtw: bool = True
     use_dtw_band: bool = True
     use_dtw_hidden: bool = True
@@ -51,7 +57,8 @@ class DWAKDLossOptions:
                 raise ValueError(f"{field.name} must be a number, got {value!r}.")
             if field.type is float and not math.isfinite(value):
                 raise ValueError(f"{field.name} must be finite, got {value!r}.")
-        for name in ("ce_weight", "kd_weight", "dtw_weight", "dtw_band_base", "dtw_band_beta", "dtw_band_penalty"):
+        weights = ("ce_weight", "kd_weight", "dtw_weight", "kd_student_scale")
+        for name in (*weights, "dtw_band_base", "dtw_band_beta", "dtw_band_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
         if not (self.ce_weight > 0 or self.kd_weight > 0 or self.uses_dtw):
@@ -68,6 +75,11 @@ class DWAKDLossOptions:
         check_divergence(self.kd_divergence, "kd_divergence")
         if self.kd_teacher_divergence is not None:
             check_divergence(self.kd_teacher_divergence, "kd_teacher_divergence")
+        if self.student_weight_normalization not in STUDENT_WEIGHT_NORMALIZATIONS:
+            raise ValueError(
+                f"student_weight_normalization must be one of {STUDENT_WEIGHT_NORMALIZATIONS}, "
+                f"got {self.student_weight_normalization!r}."
+            )
         if self.kd_chunk_size is not None and (
             isinstance(self.kd_chunk_size, bool) or not isinstance(self.kd_chunk_size, int) or self.kd_chunk_size < 1
         ):
@@ -91,3 +103,7 @@ class DWAKDLossOptions:
     def teacher_divergence(self) -> str:
         """The divergence of the teacher space: `kd_teacher_divergence`, else `kd_divergence`."""
         return self.kd_teacher_divergence or self.kd_divergence
+
+
+# The options a `DWAKDConfig` field of the same name sets (all but the warm-up's per-step scale).
+CONFIG_OPTIONS = tuple(option.name for option in fields(DWAKDLossOptions) if option.name != "kd_student_scale")

@@ -1,4 +1,4 @@
-"""What the objective needs from one model, shifted so that position i predicts `labels[:, i]` (METHOD.md §1)."""
+"""What the objective needs from one model, shifted so that position i predicts `labels[:, i]` (docs/method.md)."""
 
 from dataclasses import dataclass
 

@@ -1,4 +1,4 @@
-"""Response positions of one side, gathered by mask into a padded batch (METHOD.md §1: only they enter a loss)."""
+"""Response positions of one side, gathered by mask into a padded batch (only they enter a loss: docs/method.md)."""
 
 from dataclasses import dataclass
 

@@ -1,4 +1,5 @@
-"""Token weights of the dual-space KD (METHOD.md §3): student entropy x teacher gate, teacher confidence.
+"""Token weights of the dual-space KD (docs/method.md, Token weights): student entropy x teacher gate, teacher
+confidence.
 
 All from tau = 1 distributions over the first `vocab_size` columns (padded LM heads have more), detached, and
 normalised per sequence so the weights of a sequence sum to its number of response tokens.
@@ -51,6 +52,30 @@ def normalise_per_sequence(raw: torch.Tensor, sequence_index: torch.Tensor, num_
 def student_raw_weights(student_entropy: torch.Tensor, gate: torch.Tensor, teacher_gate: bool) -> torch.Tensor:
     """w_s(i) = H_s(i) * g(i), or H_s(i) with the gate off."""
     return student_entropy * gate if teacher_gate else student_entropy
+
+
+STUDENT_WEIGHT_NORMALIZATIONS = ("product", "entropy")
+
+
+@torch.no_grad()
+def student_weights(
+    student_entropy: torch.Tensor,
+    gate: torch.Tensor | None,
+    normalization: str,
+    sequence_index: torch.Tensor,
+    num_sequences: int,
+) -> torch.Tensor:
+    """The student-space KD weight of each response token (N,).
+
+    `"product"` normalises H_s * g per sequence, so a sequence's weights sum to its token count whatever the gate
+    is. `"entropy"` (the released DWA-KD code) normalises H_s alone and multiplies by the raw gate, so the term is
+    scaled down while the projection is still unsure (low gate) and grows as the projectors learn. Without a gate
+    (`gate` None) the two are the same.
+    """
+    if normalization == "product" or gate is None:
+        raw = student_entropy if gate is None else student_entropy * gate
+        return normalise_per_sequence(raw, sequence_index, num_sequences)
+    return normalise_per_sequence(student_entropy, sequence_index, num_sequences) * gate
 
 
 @torch.no_grad()

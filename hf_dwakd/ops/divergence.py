@@ -1,4 +1,5 @@
-"""Soft-DTW divergence with cosine cost and the optional soft band on the cross cost (METHOD.md §4)."""
+"""Soft-DTW divergence with cosine cost and the optional soft band on the cross cost (docs/method.md, Soft-DTW
+alignment)."""
 
 import math
 from numbers import Real
