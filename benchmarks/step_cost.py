@@ -219,7 +219,9 @@ def run_worker(args):
     uses_teacher = options["kd_method"] != "sft"
     teacher = None
     if uses_teacher:
-        teacher = random_causal_lm(teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device)
+        teacher = random_causal_lm(
+            teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device
+        )
     total_steps = args.warmup + args.steps
     config = DWAKDConfig(
         output_dir=str(Path(tempfile.gettempdir()) / "hf_dwakd_step_cost"),
@@ -298,7 +300,8 @@ def print_table(results, args):
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(
         f"\n{device}, {'bf16' if args.bf16 else 'fp32'}, batch {args.batch_size}, seq_len {args.seq_len}, median of "
-        f"{args.steps} steps after {args.warmup} warm-up; student gpt2 d={args.student_hidden} x{args.student_layers}, "
+        f"{args.steps} steps after {args.warmup} warm-up; "
+        f"student gpt2 d={args.student_hidden} x{args.student_layers}, "
         f"teacher llama d={args.teacher_hidden} x{args.teacher_layers}\n"
     )
     print(

@@ -29,8 +29,8 @@ class DWAKDConfig(SFTConfig):
 
     Objective:
         kd_method (`str`, defaults to `"dwakd"`): the distillation objective, a method of the registry
-            (`registry.py`): `dwakd`, or a baseline of docs/method.md, Baselines (`sft` needs no teacher). Baselines train
-            `ce_weight * CE + kd_weight * KD`.
+            (`registry.py`): `dwakd`, or a baseline of docs/method.md, Baselines (`sft` needs no teacher).
+            Baselines train `ce_weight * CE + kd_weight * KD`.
         max_prompt_length (`int`, defaults to `256`): prompt tokens kept on each side (`max_length` defaults to 512).
         ce_weight, kd_weight, dtw_weight (`float`, defaults to `0.5`, `0.5`, `0.2`): weights of the student
             cross-entropy, the weighted dual-space KD and the Soft-DTW alignment. For `dskd`, an unset
@@ -70,7 +70,8 @@ class DWAKDConfig(SFTConfig):
         default=512, metadata={"help": "Maximum tokens of prompt + response on each side (paper: 512)."}
     )
     max_prompt_length: int = field(
-        default=256, metadata={"help": "Maximum prompt tokens on each side; longer prompts are truncated (paper: 256)."}
+        default=256,
+        metadata={"help": "Maximum prompt tokens on each side; longer prompts are truncated (paper: 256)."},
     )
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local path of the teacher model."}

@@ -1,4 +1,5 @@
-"""The loss of each `kd_method` (docs/method.md, Baselines) on the two models' `SideOutputs`, as the registry declares it.
+"""The loss of each `kd_method` (docs/method.md, Baselines) on the two models' `SideOutputs`, as the registry
+declares it.
 
 `dwakd` is the full objective of `objective/`; the baselines of `baselines/` train `ce_weight * CE + kd_weight *
 KD`; `sft` is the student cross-entropy alone. Every term is a token sum divided by `num_items_in_batch`

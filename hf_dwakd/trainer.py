@@ -57,7 +57,8 @@ class DWAKDTrainer(SFTTrainer):
         "id": "2602.21669",
         "citation": textwrap.dedent("""\
             @inproceedings{vu2026dwakd,
-                title     = {{DWA-KD: Dual-Space Weighting and Time-Warped Alignment for Cross-Tokenizer Knowledge Distillation}},
+                title     = {{DWA-KD: Dual-Space Weighting and Time-Warped Alignment for Cross-Tokenizer Knowledge
+                             Distillation}},
                 author    = {Vu and Chi and Van and Ngo Van and Dinh and Le},
                 booktitle = {Findings of the Association for Computational Linguistics: EACL 2026},
                 year      = 2026,
@@ -86,7 +87,9 @@ class DWAKDTrainer(SFTTrainer):
             name = model if isinstance(model, str) else model.config._name_or_path
             args = DWAKDConfig(f"{str(name).split('/')[-1]}-DWAKD")
         elif not isinstance(args, DWAKDConfig):
-            raise TypeError(f"`args` must be a DWAKDConfig, got {type(args).__name__}: build one with DWAKDConfig(...).")
+            raise TypeError(
+                f"`args` must be a DWAKDConfig, got {type(args).__name__}: build one with DWAKDConfig(...)."
+            )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required.")
 

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from trl import ModelConfig, SFTConfig
 
 from hf_dwakd import cli
-from hf_dwakd.scripts import train as train_script
 from hf_dwakd.config import DWAKDConfig
 from hf_dwakd.evaluation import alpaca_prompt
+from hf_dwakd.scripts import train as train_script
 
 from testing_utils import load_tokenizer, tiny_causal_lm
 
@@ -134,7 +134,8 @@ def test_recipe_and_flags_fill_the_three_dataclasses(base, tmp_path, monkeypatch
         teacher_model_init_kwargs={"dtype": "bfloat16"},
     )
     monkeypatch.delenv("DWAKD_TEST_VARIABLE", raising=False)
-    script_args, training_args, model_args = train_script.parse_train_arguments(["--config", recipe, "--dtw_gamma", "3.0"])
+    argv = ["--config", recipe, "--dtw_gamma", "3.0"]
+    script_args, training_args, model_args = train_script.parse_train_arguments(argv)
     assert script_args.dataset_files == base["dataset_files"]
     assert training_args.learning_rate == 5e-4 and training_args.num_train_epochs == 20
     assert training_args.lr_scheduler_type.value == "cosine"

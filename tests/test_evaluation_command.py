@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from testing_utils import load_tokenizer, tiny_causal_lm
 from hf_dwakd.evaluation import runner
 from hf_dwakd.evaluation.benchmarks import alpaca_prompt
 from hf_dwakd.evaluation.command import build_parser, main
 from hf_dwakd.evaluation.report import collect_results, markdown_table
+
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--max_length", "40", "--max_prompt_length", "32", "--batch_size", "2"]
@@ -140,7 +141,9 @@ def generation_forbidden(monkeypatch):
     monkeypatch.setattr(runner, "generate_responses", fail)
 
 
-def test_bad_input_fails_before_generation(generation_forbidden, model_dir, llama_dir, adapter_dir, data_dir, tmp_path):
+def test_bad_input_fails_before_generation(
+    generation_forbidden, model_dir, llama_dir, adapter_dir, data_dir, tmp_path
+):
     def run(*extra, model=model_dir):
         paths = ["--model_name_or_path", str(model), "--data_dir", str(data_dir), "--output_dir", str(tmp_path)]
         return main(paths + list(extra))
@@ -198,7 +201,8 @@ def test_bad_input_fails_before_generation(generation_forbidden, model_dir, llam
 def test_table_marks_missing_benchmarks_and_skips_foreign_json(tmp_path):
     full = {"mean": 20.0, "std": 1.0}
     write_jsonl(
-        tmp_path / "a" / "results.json", [{"name": "a", "benchmarks": {"dolly": full, "vicuna": full}, "average": 20.0}]
+        tmp_path / "a" / "results.json",
+        [{"name": "a", "benchmarks": {"dolly": full, "vicuna": full}, "average": 20.0}],
     )
     write_jsonl(
         tmp_path / "b" / "results.json",

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from testing_utils import LENGTH, make_inputs, reference_divergence
 
 from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss, gather_responses, shift_for_next_token
 from hf_dwakd.objective.alignment import embedding_alignment, hidden_alignment
@@ -13,6 +12,8 @@ from hf_dwakd.objective.attention import cross_model_attention
 from hf_dwakd.objective.dual_space import student_space, teacher_space
 from hf_dwakd.objective.weights import normalise_per_sequence, student_raw_weights, teacher_raw_weights
 from hf_dwakd.projectors import DWAKDProjectors
+
+from testing_utils import LENGTH, make_inputs, reference_divergence
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reference: one example, one token, one cell at a time, in float64.
@@ -81,7 +82,8 @@ def _band_penalty(attention, options):
 
 def _dtw_divergence(x, y, gamma, band=None):
     cross = _cosine_cost(x, y) + (0 if band is None else band)
-    return _soft_dtw(cross, gamma) - 0.5 * (_soft_dtw(_cosine_cost(x, x), gamma) + _soft_dtw(_cosine_cost(y, y), gamma))
+    self_terms = _soft_dtw(_cosine_cost(x, x), gamma) + _soft_dtw(_cosine_cost(y, y), gamma)
+    return _soft_dtw(cross, gamma) - 0.5 * self_terms
 
 
 def reference(student, teacher, projectors, options, num_items=None):
@@ -463,7 +465,8 @@ def _scramble_outside_responses(side, seed):
     for name in ("logits", "hidden", "input_embeds", "target_embeds"):
         value = getattr(side, name).detach().clone()
         noise = 100 * torch.randn(value.shape, generator=generator)
-        changed[name] = torch.where(outside[:, :, None], noise, value).requires_grad_(getattr(side, name).requires_grad)
+        requires_grad = getattr(side, name).requires_grad
+        changed[name] = torch.where(outside[:, :, None], noise, value).requires_grad_(requires_grad)
     return dataclasses.replace(side, **changed)
 
 

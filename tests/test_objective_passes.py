@@ -4,13 +4,14 @@ import math
 
 import pytest
 import torch
-from testing_utils import make_inputs
 
 from hf_dwakd.objective import DWAKDLossOptions, cross_model_attention, gather_responses
 from hf_dwakd.objective.divergences import DIVERGENCES, LOG_FLOOR, divergence, floored
 from hf_dwakd.objective.dual_space import predicts, student_cross_entropy, student_space
 from hf_dwakd.objective.responses import gather_rows
 from hf_dwakd.objective.weights import entropy, max_probability, vocabulary_log_probs
+
+from testing_utils import make_inputs
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))
