@@ -6,7 +6,7 @@ import torch
 from hf_dwakd.evaluation.benchmarks import Example
 from hf_dwakd.evaluation.bits_per_byte import bits_per_byte
 
-from conftest import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 EXAMPLES = [
     Example(prompt="### Instruction:\nName a colour.\n\n### Response:\n", references=("Blue, like the sky.", "Red")),
