@@ -1,11 +1,11 @@
 """Per-token, vocabulary-wide terms of the student and teacher spaces (METHOD.md §3 and the student CE of §5).
 
 Each function returns (N,) float32 values over one side's N response tokens, computed `chunk_size` tokens at a
-time. Each chunk reads its logit rows through `SideOutputs.logits_at` (applying the model's output layer to
+time. Each chunk reads its logit rows through `SideOutputs.logits_at` (the model's output layer applied to
 those rows only), so only a chunk of them ever exists in float32, and under chunking only a chunk is kept for the
-backward (`chunking.py`). Each logit set
-gets one log-softmax per temperature: the tau = 1 one serves its cross-entropy, entropy or gate (and the KD when
-tau = 1), since every (tokens x vocabulary) pass and allocation costs about as much as the arithmetic.
+backward (`chunking.py`). Each logit set gets one log-softmax per temperature: the tau = 1 one serves its
+cross-entropy, entropy or gate (and the KD when tau = 1), since every (tokens x vocabulary) pass and allocation
+costs about as much as the arithmetic.
 """
 
 import torch

@@ -42,7 +42,8 @@ class SideOutputs:
         return self.lm_head_weight.shape[0]
 
     def logits_at(self, batch_index: torch.Tensor, position_index: torch.Tensor) -> torch.Tensor:
-        """(n, V_model) logits at the distinct positions `(batch_index[k], position_index[k])`, in that order.
+        """(n, V_model) logits at the positions `(batch_index[k], position_index[k])`, in that order; the positions
+        must be distinct where gradients flow (see `gather_rows`).
 
         The one place every loss reads logits from: with an `output_layer`, only these rows are computed.
         """
