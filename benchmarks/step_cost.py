@@ -79,6 +79,9 @@ def parse_args(argv=None):
     parser.add_argument("--teacher_layers", type=int, default=2)
     parser.add_argument("--pair", choices=("random", "demo"), default="random", help="random models or the demo's")
     parser.add_argument("--reference-src", type=Path, help="also time the hf_dwakd package found in this folder")
+    parser.add_argument(
+        "--directions", nargs="+", choices=list(DEMO_DIRECTIONS), help="--pair demo: which (default: both)"
+    )
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--direction", choices=list(DEMO_DIRECTIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -292,6 +295,8 @@ def run_worker(args):
         seed=0,
         max_length=args.seq_len,
         max_prompt_length=args.seq_len // 2,
+        # The demo recipe's setting (recomputing activations only saves memory); the random pair keeps TRL's.
+        **({"activation_checkpointing": False} if args.pair == "demo" else {}),
         **options,
     )
     meter = step_meter(args.device, args.warmup)
@@ -417,7 +422,7 @@ def main(argv=None):
     sources = {"current": ROOT}
     if args.reference_src is not None:
         sources["reference"] = args.reference_src.resolve()
-    directions = list(DEMO_DIRECTIONS) if args.pair == "demo" else [None]
+    directions = (args.directions or list(DEMO_DIRECTIONS)) if args.pair == "demo" else [None]
     print(f"load average before: {' '.join(f'{load:.2f}' for load in os.getloadavg())}", flush=True)
     for direction in directions:
         results = {name: {} for name in sources}
