@@ -70,7 +70,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=256, help="tokens per example on the longer side")
     parser.add_argument(
-        "--methods", nargs="+", choices=list(VARIANTS), help=f"default: all, or {' '.join(DEMO_METHODS)} with --pair demo"
+        "--methods",
+        nargs="+",
+        choices=list(VARIANTS),
+        help=f"default: all, or {' '.join(DEMO_METHODS)} with --pair demo",
     )
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (DWAKDConfig bf16=True)")
     parser.add_argument("--student_hidden", type=int, default=256, help="GPT-2-shaped student's width")

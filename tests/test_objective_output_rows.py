@@ -160,7 +160,7 @@ def saved_bytes_of_dwakd(student_width, chunk_size, ce_weight):
     projectors = DWAKDProjectors(8, 12)
     options = DWAKDLossOptions(chunk_size=chunk_size, ce_weight=ce_weight)
     existing = [
-        *(getattr(side, field) for side in (student, teacher) for field in ("hidden", "input_embeds", "target_embeds")),
+        *(getattr(side, name) for side in (student, teacher) for name in ("hidden", "input_embeds", "target_embeds")),
         student_layer.weight,
         teacher_layer.weight,
         *projectors.parameters(),
