@@ -36,7 +36,7 @@ def kd_denominator(student: SideOutputs, num_items_in_batch) -> torch.Tensor | i
 
 @dataclass
 class ResponseRows:
-    """One side's response positions, example by example in position order (the order of `logits[mask]`)."""
+    """One side's response positions, example by example in position order (the order of `labels[mask]`)."""
 
     logits: torch.Tensor  # (N, vocab_size) float32, the tokenizer's columns only
     example: torch.Tensor  # (N,) which example each row belongs to
@@ -47,7 +47,7 @@ class ResponseRows:
 def response_rows(side: SideOutputs, detach: bool = False) -> ResponseRows:
     mask = side.response_mask
     example, position = mask.nonzero(as_tuple=True)
-    logits = side.logits[example, position, : side.vocab_size].float()
+    logits = side.logits_at(example, position)[:, : side.vocab_size].float()
     rank = (mask.cumsum(dim=1) - 1)[example, position]
     return ResponseRows(logits.detach() if detach else logits, example, rank, mask.sum(dim=1))
 

@@ -86,7 +86,7 @@ def mined_loss(
     partner = teacher_positions[student.response_mask]
     aligned = partner >= 0
 
-    teacher_logits = teacher.logits.detach()[rows.example[aligned], partner[aligned], : teacher.vocab_size]
+    teacher_logits = teacher.logits_at(rows.example[aligned], partner[aligned])[:, : teacher.vocab_size].detach()
     target_logits = project_teacher_logits(
         teacher_logits.float() / temperature, teacher_to_student, student.vocab_size, top_k
     )
