@@ -24,6 +24,7 @@ from .config import DWAKDConfig
 COMMANDS = {
     "train": "distil a student from a teacher (a YAML recipe and/or flags; see `hf-dwakd train --help`)",
     "evaluate": "ROUGE-L of a model on Dolly, Self-Instruct, Vicuna and S-NI (see `hf-dwakd evaluate --help`)",
+    "inspect": "draw how a student's tokens meet the teacher's on one example (see `hf-dwakd inspect --help`)",
 }
 # databricks/databricks-dolly-15k's columns; its rows get the paper's prompt template (docs/method.md, Evaluation
 # protocol).
@@ -279,13 +280,17 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {name:9} {text}" for name, text in COMMANDS.items()),
     )
-    parser.add_argument("command", choices=list(COMMANDS), help="train or evaluate")
+    parser.add_argument("command", choices=list(COMMANDS), help="train, evaluate or inspect")
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parsed = parser.parse_args(argv)
     if parsed.command == "evaluate":
         from .evaluation.command import main as evaluate
 
         evaluate(parsed.arguments)
+    elif parsed.command == "inspect":
+        from .inspection.command import main as inspect
+
+        inspect(parsed.arguments)
     else:
         train(parsed.arguments)
 

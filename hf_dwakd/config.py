@@ -6,6 +6,7 @@ from typing import Any
 
 from trl import SFTConfig
 
+from .inspection.figure import require_matplotlib
 from .objective import DIVERGENCES, DWAKDLossOptions
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
 
@@ -44,6 +45,7 @@ FIELD_METHODS = {
             "dtw_backend",
         )
     },
+    "alignment_plot_steps": ("dwakd",),
     "uld_top_k": ("uld",),
     "mined_top_k": ("mined",),
     "mined_cache_dir": ("mined",),
@@ -117,6 +119,8 @@ class DWAKDConfig(SFTConfig):
         dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
         kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
+        alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
+            every N steps (`hf_dwakd.inspection`); 0 = off.
 
     Baselines (each refused with another `kd_method`):
         uld_top_k (`int`, *optional*): ULD compares the k largest probabilities only (exact when None).
@@ -195,6 +199,14 @@ class DWAKDConfig(SFTConfig):
     projector_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the projectors' optimizer parameter group."}
     )
+    alignment_plot_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Draw the first training example's cross-model attention, band and Soft-DTW alignment before "
+            "training and every N optimizer steps, into output_dir/alignment/ and the TensorBoard/W&B trackers of "
+            "`report_to` (needs `pip install hf-dwakd[plot]`). 0 = off."
+        },
+    )
     uld_top_k: int | None = field(
         default=None, metadata={"help": "uld: compare only the k largest probabilities (None = exact full sort)."}
     )
@@ -231,6 +243,10 @@ class DWAKDConfig(SFTConfig):
                 f"`ce_weight` and `kd_weight` are both 0, so kd_method={self.kd_method!r} has nothing to train: set "
                 "at least one of them > 0."
             )
+        if self.alignment_plot_steps < 0:
+            raise ValueError(f"`alignment_plot_steps` must be >= 0 (0 = off), got {self.alignment_plot_steps}.")
+        if self.alignment_plot_steps:
+            require_matplotlib()
         if self.projector_learning_rate <= 0:
             raise ValueError(f"`projector_learning_rate` must be > 0, got {self.projector_learning_rate}.")
         if self.max_length is None or self.max_prompt_length >= self.max_length:

@@ -23,6 +23,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from .baselines import MinEDAligner
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .projectors import DWAKDProjectors
@@ -183,6 +184,8 @@ class DWAKDTrainer(SFTTrainer):
         self.aligner = None
         if args.kd_method == "mined":  # the vocabulary map is built once per tokenizer pair and cached on disk
             self.aligner = MinEDAligner(student_tokenizer, teacher_tokenizer, args.mined_cache_dir)
+        if args.alignment_plot_steps:
+            self.add_callback(AlignmentPlotCallback(self))
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
