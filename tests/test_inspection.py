@@ -19,8 +19,7 @@ from hf_dwakd.objective import dwakd as dwakd_module
 from hf_dwakd.projectors import DWAKDProjectors
 from hf_dwakd.trainer import PROJECTORS_NAME
 
-from conftest import load_tokenizer, tiny_causal_lm
-from test_trainer import ROWS, make_trainer
+from testing_utils import ROWS, load_tokenizer, make_trainer, tiny_causal_lm
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROMPT, RESPONSE = ROWS[3]["prompt"], ROWS[3]["completion"]
