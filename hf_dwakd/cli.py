@@ -24,6 +24,7 @@ from .config import DWAKDConfig
 COMMANDS = {
     "train": "distil a student from a teacher (a YAML recipe and/or flags; see `hf-dwakd train --help`)",
     "evaluate": "ROUGE-L of a model on Dolly, Self-Instruct, Vicuna and S-NI (see `hf-dwakd evaluate --help`)",
+    "cache-teacher": "run the teacher once and store its states for `train` (see `hf-dwakd cache-teacher --help`)",
 }
 # databricks/databricks-dolly-15k's columns; its rows get the paper's prompt template (METHOD.md §7).
 DOLLY_HUB_COLUMNS = {"instruction", "context", "response"}
@@ -276,15 +277,19 @@ def main(argv=None):
         prog="hf-dwakd",
         description="Cross-tokenizer knowledge distillation with DWA-KD (arXiv 2602.21669).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:9} {text}" for name, text in COMMANDS.items()),
+        epilog="commands:\n" + "\n".join(f"  {name:13} {text}" for name, text in COMMANDS.items()),
     )
-    parser.add_argument("command", choices=list(COMMANDS), help="train or evaluate")
+    parser.add_argument("command", choices=list(COMMANDS), help=", ".join(COMMANDS))
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parsed = parser.parse_args(argv)
     if parsed.command == "evaluate":
         from .evaluation.command import main as evaluate
 
         evaluate(parsed.arguments)
+    elif parsed.command == "cache-teacher":
+        from .teacher_cache.command import main as cache_teacher
+
+        cache_teacher(parsed.arguments)
     else:
         train(parsed.arguments)
 
