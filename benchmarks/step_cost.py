@@ -2,7 +2,7 @@
 
 Run: python benchmarks/step_cost.py [--device cpu|cuda] [--steps 4] [--warmup 1] [--batch_size 4] [--seq_len 256]
      [--methods dwakd sft dskd uld mined multilevel_ot dwakd_no_dtw] [--bf16]
-     [--student_hidden 256] [--student_layers 2] [--teacher_hidden 512] [--teacher_layers 2]
+     [--student_hidden 256] [--student_layers 2] [--teacher_hidden 512] [--teacher_layers 2] [--pair random|demo]
 
 A step is what the real trainer does between `on_step_begin` and `on_step_end`: student and teacher forward,
 loss, backward, gradient clipping, optimizer step. Each method runs in a fresh subprocess (so memory peaks do not
@@ -10,6 +10,10 @@ mix) on the same random models and data: a GPT-2-shaped student and a Llama-shap
 Llama-2 tokenizers of the test fixtures, trained on bundled Dolly prompts whose responses are lengthened (several
 Dolly responses joined) so that every example fills `--seq_len` tokens on the side that tokenizes it longer.
 `dwakd_no_dtw` is DWA-KD with `use_dtw=False`: the difference to `dwakd` is the Soft-DTW alignment's cost.
+`dwakd_cached` and `dskd_cached` first build a teacher cache of the run's rows (`hf_dwakd.teacher_cache`; its time
+and size on disk are reported) and then train from it, with only the teacher's embedding and output layers loaded.
+`--pair demo` uses the demo's real models instead: SmolLM2-135M student, Gemma-3-270M teacher (both fine-tuned
+in full, float32), converted once into `~/.cache/hf_dwakd` by `hf_dwakd.demo.models`.
 
 Time is the median over `--steps` steps after `--warmup` untimed ones (Numba compilation, optimizer state):
 wall seconds, and the process's CPU seconds (all threads), which a shared CPU's load disturbs less (threads
@@ -41,6 +45,9 @@ DOLLY = ROOT / "hf_dwakd" / "demo" / "data" / "dolly_train.jsonl"
 # Every kd_method at its defaults, and DWA-KD without Soft-DTW so that the alignment's own cost shows.
 VARIANTS = {method: dict(kd_method=method) for method in KD_METHODS}
 VARIANTS["dwakd_no_dtw"] = dict(kd_method="dwakd", use_dtw=False)
+# Trained from a teacher cache built just before, in the same process.
+CACHED_VARIANTS = {"dwakd_cached": "dwakd", "dskd_cached": "dskd"}
+VARIANTS.update({name: dict(kd_method=method) for name, method in CACHED_VARIANTS.items()})
 # DWA-KD vs DSKD in the paper (Section "Efficiency", batch 4): 0.45 s vs 0.35 s a step, 29.9 GB vs 26.4 GB.
 PAPER_TIME_RATIO = 0.45 / 0.35
 PAPER_MEMORY_RATIO = 29.9 / 26.4
@@ -61,6 +68,7 @@ def parse_args(argv=None):
     parser.add_argument("--student_layers", type=int, default=2)
     parser.add_argument("--teacher_hidden", type=int, default=512, help="Llama-shaped teacher's width")
     parser.add_argument("--teacher_layers", type=int, default=2)
+    parser.add_argument("--pair", choices=("random", "demo"), default="random", help="random models or the demo's")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("student_hidden", "teacher_hidden"):
@@ -115,6 +123,51 @@ def random_causal_lm(tokenizer, family, hidden_size, num_layers, seed, device):
             **common,
         )
         return LlamaForCausalLM(config)
+
+
+def demo_pair():
+    """The demo's SmolLM2-135M student and Gemma-3-270M teacher (float32) with their tokenizers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_dwakd.demo.models import demo_model_path
+
+    models, tokenizers = [], []
+    for name in ("smollm2-135m-instruct", "gemma-3-270m"):
+        path = demo_model_path(name)
+        models.append(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
+        tokenizers.append(AutoTokenizer.from_pretrained(path))
+    return (*models, *tokenizers)
+
+
+def build_cache(teacher, teacher_tokenizer, student_tokenizer, config, rows):
+    """Build the teacher cache of `rows` for `config` (the teacher saved first unless it was loaded from a folder);
+    returns the teacher's folder and the build's seconds, bytes on disk and examples."""
+    import ctypes
+    import gc
+
+    from datasets import Dataset
+
+    from hf_dwakd.teacher_cache import build_teacher_cache
+
+    scratch = Path(tempfile.mkdtemp(prefix="hf_dwakd_step_cost_cache_"))
+    folder = Path(teacher.config._name_or_path or scratch / "missing")
+    if not (folder / "config.json").is_file():
+        folder = scratch / "teacher"
+        teacher.save_pretrained(folder)
+    config.teacher_model_name_or_path = str(folder)
+    config.teacher_cache_dir = str(scratch / "cache")
+    del teacher
+    gc.collect()
+    started = time.perf_counter()
+    build_teacher_cache(config, Dataset.from_list(rows), student_tokenizer=student_tokenizer,
+                        teacher_tokenizer=teacher_tokenizer)
+    seconds = time.perf_counter() - started
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # the build's freed heap is given back before the steps are measured
+    size = sum(path.stat().st_size for path in (scratch / "cache" / "train").rglob("*") if path.is_file())
+    return str(folder), {"cache_build_seconds": seconds, "cache_bytes": size, "cache_examples": len(rows)}
 
 
 def dolly_rows(count, seq_len):
@@ -214,12 +267,19 @@ def run_worker(args):
 
     transformers.logging.set_verbosity_error()
     options = VARIANTS[args.worker]
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
-    student = random_causal_lm(student_tokenizer, "gpt2", args.student_hidden, args.student_layers, 1, args.device)
     uses_teacher = options["kd_method"] != "sft"
-    teacher = None
-    if uses_teacher:
-        teacher = random_causal_lm(teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device)
+    if args.pair == "demo":
+        student, teacher, student_tokenizer, teacher_tokenizer = demo_pair()
+        student.to(args.device)
+        teacher = teacher.to(args.device) if uses_teacher else None
+    else:
+        student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+        student = random_causal_lm(student_tokenizer, "gpt2", args.student_hidden, args.student_layers, 1, args.device)
+        teacher = None
+        if uses_teacher:
+            teacher = random_causal_lm(
+                teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device
+            )
     total_steps = args.warmup + args.steps
     config = DWAKDConfig(
         output_dir=str(Path(tempfile.gettempdir()) / "hf_dwakd_step_cost"),
@@ -238,12 +298,16 @@ def run_worker(args):
         max_prompt_length=args.seq_len // 2,
         **options,
     )
+    rows = dolly_rows(args.batch_size * total_steps, args.seq_len)
+    cache_figures = {}
+    if args.worker in CACHED_VARIANTS:
+        teacher, cache_figures = build_cache(teacher, teacher_tokenizer, student_tokenizer, config, rows)
     meter = step_meter(args.device, args.warmup)
     trainer = DWAKDTrainer(
         model=student,
         teacher_model=teacher,
         args=config,
-        train_dataset=Dataset.from_list(dolly_rows(args.batch_size * total_steps, args.seq_len)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=student_tokenizer,
         teacher_processing_class=teacher_tokenizer if uses_teacher else None,
         callbacks=[meter],
@@ -267,6 +331,7 @@ def run_worker(args):
         "student_response_tokens": mean_responses("labels"),
         "teacher_tokens": mean_tokens("teacher_input_ids") if uses_teacher else None,
         "teacher_response_tokens": mean_responses("teacher_labels") if uses_teacher else None,
+        **cache_figures,
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
@@ -276,7 +341,7 @@ def run_worker(args):
 
 WORKER_OPTIONS = (
     "device", "steps", "warmup", "batch_size", "seq_len", "student_hidden", "student_layers", "teacher_hidden",
-    "teacher_layers",
+    "teacher_layers", "pair",
 )
 
 
@@ -298,8 +363,13 @@ def print_table(results, args):
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(
         f"\n{device}, {'bf16' if args.bf16 else 'fp32'}, batch {args.batch_size}, seq_len {args.seq_len}, median of "
-        f"{args.steps} steps after {args.warmup} warm-up; student gpt2 d={args.student_hidden} x{args.student_layers}, "
-        f"teacher llama d={args.teacher_hidden} x{args.teacher_layers}\n"
+        f"{args.steps} steps after {args.warmup} warm-up; "
+        + (
+            "student SmolLM2-135M, teacher Gemma-3-270M\n"
+            if args.pair == "demo"
+            else f"student gpt2 d={args.student_hidden} x{args.student_layers}, "
+            f"teacher llama d={args.teacher_hidden} x{args.teacher_layers}\n"
+        )
     )
     print(
         "| method | s/step | CPU s/step | step peak MiB | total peak MiB "
@@ -314,6 +384,7 @@ def print_table(results, args):
             f"| {r['variant']} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {r['step_peak_mib']:.0f} "
             f"| {r['total_peak_mib']:.0f} | {tokens} |"
         )
+    print_cache_figures(results, args)
     if "dwakd" in results and "dskd" in results:
         ours, dskd = results["dwakd"], results["dskd"]
         print(
@@ -322,6 +393,32 @@ def print_table(results, args):
             f"step peak memory {ours['step_peak_mib'] / dskd['step_peak_mib']:.2f}, total peak memory "
             f"{ours['total_peak_mib'] / dskd['total_peak_mib']:.2f} (paper {PAPER_MEMORY_RATIO:.2f}, 7B-scale weights "
             "included)"
+        )
+
+
+def print_cache_figures(results, args):
+    """Build cost, disk size and break-even of each cached row, and the cached DWA-KD against live DSKD."""
+    for name, method in CACHED_VARIANTS.items():
+        if name not in results or method not in results:
+            continue
+        cached, live = results[name], results[method]
+        per_example = cached["cache_build_seconds"] / cached["cache_examples"]
+        saved_per_example = (live["seconds"] - cached["seconds"]) / args.batch_size
+        break_even = f"{per_example / saved_per_example:.2f}" if saved_per_example > 0 else "never (no step saved)"
+        print(
+            f"\n{name}: build {cached['cache_build_seconds']:.1f} s for {cached['cache_examples']} examples (teacher "
+            f"load included), {cached['cache_bytes'] / MIB * 1000 / cached['cache_examples']:.1f} MiB on disk per "
+            f"1,000 examples; step time {cached['seconds'] / live['seconds']:.2f}x, total peak "
+            f"{cached['total_peak_mib'] / live['total_peak_mib']:.2f}x live {method}; break-even after {break_even} "
+            "epochs (build seconds per example / seconds saved per example)"
+        )
+    if "dwakd_cached" in results and "dskd" in results:
+        ours, dskd = results["dwakd_cached"], results["dskd"]
+        print(
+            f"dwakd_cached / live dskd: time {ours['seconds'] / dskd['seconds']:.2f} (bar 0.80), CPU time "
+            f"{ours['cpu_seconds'] / dskd['cpu_seconds']:.2f}, total peak memory "
+            f"{ours['total_peak_mib'] / dskd['total_peak_mib']:.2f} (bar < 1), step peak "
+            f"{ours['step_peak_mib'] / dskd['step_peak_mib']:.2f}"
         )
 
 

@@ -1,6 +1,10 @@
 """The teacher cache: built once from a saved teacher, it trains exactly like the live teacher."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,3 +334,29 @@ def test_cache_teacher_command_needs_the_folder(tmp_path, folders, capsys):
         cli.main(["cache-teacher", "--model_name_or_path", str(folders / "student"),
                   "--teacher_model_name_or_path", str(folders / "teacher"), "--dataset_name", str(tmp_path)])
     assert "`teacher_cache_dir`" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_cache_as_one(tmp_path, folders):
+    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"prompt": r["prompt"], "output": r["completion"]}) + "\n" for r in ROWS[:7])
+    flags = [
+        "--model_name_or_path", str(folders / "student"), "--teacher_model_name_or_path", str(folders / "teacher"),
+        "--dataset_files", f"train={tmp_path / 'train.jsonl'}", "--output_dir", str(tmp_path / "out"),
+        "--max_length", "64", "--max_prompt_length", "32", "--use_cpu", "true", "--bf16", "false",
+        "--report_to", "none", "--per_device_eval_batch_size", "2",
+    ]
+    repository = str(Path(__file__).resolve().parents[1])
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": repository}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for name, launcher in (("two", [*torchrun, "-m"]), ("one", [sys.executable, "-m"])):
+        command = [*launcher, "hf_dwakd.cli", "cache-teacher", *flags, "--teacher_cache_dir", str(tmp_path / name)]
+        if name == "two":
+            command += ["--ddp_backend", "gloo"]
+        done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = (load_from_disk(str(tmp_path / name / "train")).with_format("numpy") for name in ("two", "one"))
+    assert len(two) == len(one) == 7
+    for a, b in zip(two["teacher_hidden"], one["teacher_hidden"]):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "two" / ".shards").exists()
