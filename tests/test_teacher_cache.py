@@ -47,7 +47,7 @@ def mined_cache(tmp_path_factory):
 
 
 def config(tmp_path, folders, **overrides):
-    return make_config(tmp_path, teacher_model_name_or_path=str(folders / "teacher"), **overrides)
+    return make_config(tmp_path, **{"teacher_model_name_or_path": str(folders / "teacher"), **overrides})
 
 
 def build(tmp_path, folders, rows=ROWS, eval_rows=EVAL_ROWS, **overrides):
