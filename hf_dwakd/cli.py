@@ -25,6 +25,7 @@ COMMANDS = {
     "train": "distil a student from a teacher (a YAML recipe and/or flags; see `hf-dwakd train --help`)",
     "evaluate": "ROUGE-L of a model on Dolly, Self-Instruct, Vicuna and S-NI (see `hf-dwakd evaluate --help`)",
     "inspect": "draw how a student's tokens meet the teacher's on one example (see `hf-dwakd inspect --help`)",
+    "cache-teacher": "run the teacher once and store its states for `train` (see `hf-dwakd cache-teacher --help`)",
 }
 # databricks/databricks-dolly-15k's columns; its rows get the paper's prompt template (docs/method.md, Evaluation
 # protocol).
@@ -278,9 +279,9 @@ def main(argv=None):
         prog="hf-dwakd",
         description="Cross-tokenizer knowledge distillation with DWA-KD (arXiv 2602.21669).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:9} {text}" for name, text in COMMANDS.items()),
+        epilog="commands:\n" + "\n".join(f"  {name:13} {text}" for name, text in COMMANDS.items()),
     )
-    parser.add_argument("command", choices=list(COMMANDS), help="train, evaluate or inspect")
+    parser.add_argument("command", choices=list(COMMANDS), help=", ".join(COMMANDS))
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parsed = parser.parse_args(argv)
     if parsed.command == "evaluate":
@@ -291,6 +292,10 @@ def main(argv=None):
         from .inspection.command import main as inspect
 
         inspect(parsed.arguments)
+    elif parsed.command == "cache-teacher":
+        from .teacher_cache.command import main as cache_teacher
+
+        cache_teacher(parsed.arguments)
     else:
         train(parsed.arguments)
 

@@ -9,6 +9,7 @@ from trl import SFTConfig
 from .inspection.figure import require_matplotlib
 from .objective import DIVERGENCES, DWAKDLossOptions
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
+from .teacher_cache.store import STORAGE_DTYPES as CACHE_DTYPES
 
 KD_METHODS = ("dwakd", "sft", "dskd", "uld", "mined", "multilevel_ot")
 WITH_TEACHER = KD_METHODS[:1] + KD_METHODS[2:]
@@ -92,6 +93,10 @@ class DWAKDConfig(SFTConfig):
         teacher_model_init_kwargs (`dict` or JSON `str`, *optional*): keyword arguments for
             `AutoModelForCausalLM.from_pretrained` when the teacher is loaded from a name.
         teacher_tokenizer_name_or_path (`str`, *optional*): the teacher's tokenizer; defaults to the teacher's name.
+        teacher_cache_dir (`str`, *optional*): a teacher cache (`hf-dwakd cache-teacher`): train from the stored
+            teacher states with only the teacher's embedding and output layers loaded. Also where the build writes.
+        teacher_cache_dtype (`str`, defaults to `"float32"`): dtype the build stores the states in, one of
+            `float32`, `bfloat16`, `float16`.
 
     Objective:
         kd_method (`str`, defaults to `"dwakd"`): the distillation objective, one of `KD_METHODS`: `dwakd`, or a
@@ -145,6 +150,14 @@ class DWAKDConfig(SFTConfig):
     )
     teacher_tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local path of the teacher's tokenizer (default: the teacher's)."}
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Teacher cache folder (hf-dwakd cache-teacher): train without running the teacher."},
+    )
+    teacher_cache_dtype: str = field(
+        default="float32",
+        metadata={"help": f"dtype the teacher cache stores its states in, one of {tuple(CACHE_DTYPES)}."},
     )
     kd_method: str = field(default="dwakd", metadata={"help": f"Distillation objective, one of {KD_METHODS}."})
     ce_weight: float = field(default=0.5, metadata={"help": "Weight of the student cross-entropy (lambda_ce)."})
@@ -227,6 +240,7 @@ class DWAKDConfig(SFTConfig):
     def __post_init__(self):
         super().__post_init__()
         self._check_choice("kd_method", KD_METHODS)
+        self._check_choice("teacher_cache_dtype", tuple(CACHE_DTYPES))
         self._check_fields_belong_to_method()
         if (self.dtw_gamma_end is None) != (self.dtw_gamma_anneal_steps == 0):
             raise ValueError(

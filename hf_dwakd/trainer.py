@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -27,6 +27,8 @@ from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .projectors import DWAKDProjectors
+from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
+from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
 
 PROJECTORS_NAME = "projectors.safetensors"
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
@@ -37,6 +39,7 @@ DISTILLATION_COLUMNS = [
     "teacher_input_ids",
     "teacher_attention_mask",
     "teacher_labels",
+    "teacher_hidden",  # only in datasets joined with a teacher cache
 ]
 # Loss components normalised by `num_items_in_batch` (token sums); the other metrics are means.
 TOKEN_SUM_METRICS = {
@@ -142,13 +145,24 @@ class DWAKDTrainer(SFTTrainer):
             eval_dataset = {key: prepare_distillation_dataset(ds, **prepare) for key, ds in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = prepare_distillation_dataset(eval_dataset, **prepare)
+        cached = args.teacher_cache_dir is not None and teacher_model is not None
+        if cached:  # refused here, before any model is loaded, when the cache belongs to another run
+            train_dataset, eval_dataset = _with_cached_states(
+                args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset
+            )
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if data_collator is None:
             data_collator = DistillationCollator(
                 student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id, args.pad_to_multiple_of
             )
 
-        if isinstance(teacher_model, str):
+        if cached:
+            teacher_model = (
+                load_light_teacher(teacher_model, **_teacher_init_kwargs(args))
+                if isinstance(teacher_model, str)
+                else LightTeacher.from_model(teacher_model)
+            )
+        elif isinstance(teacher_model, str):
             teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, **_teacher_init_kwargs(args))
 
         super().__init__(
@@ -175,10 +189,14 @@ class DWAKDTrainer(SFTTrainer):
         # logits, checked on the first batch (`_side_outputs`).
         self._logits_from_hidden = {}
         self.teacher_model = None
+        self.cached_teacher = None  # a `LightTeacher` when the teacher's states come from a cache
         if teacher_model is not None:
             teacher_model.requires_grad_(False)
             teacher_model.eval()
-            self.teacher_model = self._prepare_teacher(teacher_model)
+            if cached:  # two layers, replicated on every process under any strategy
+                self.cached_teacher = teacher_model.to(self.accelerator.device)
+            else:
+                self.teacher_model = self._prepare_teacher(teacher_model)
         if args.needs_projectors:
             self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
         self.aligner = None
@@ -259,7 +277,9 @@ class DWAKDTrainer(SFTTrainer):
             full_logits=return_outputs,
         )
         teacher = None
-        if self.teacher_model is not None:
+        if self.cached_teacher is not None:
+            teacher = cached_teacher_outputs(inputs, self.cached_teacher, self.teacher_vocab_size)
+        elif self.teacher_model is not None:
             with torch.no_grad():
                 teacher, _ = self._side_outputs(
                     self.teacher_model,
@@ -470,6 +490,24 @@ def _shard_each_layer(model):
     for module in model.modules():
         if type(module).__name__ in layer_classes:
             fully_shard(module)
+
+
+def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset):
+    """The prepared datasets joined with the teacher cache's states, after checking the cache fits this run."""
+    if isinstance(teacher_model, str):
+        name = teacher_model
+        config = AutoConfig.from_pretrained(teacher_model, trust_remote_code=args.trust_remote_code)
+    else:
+        name, config = teacher_model.config._name_or_path, teacher_model.config
+    splits = {"train": train_dataset, **split_names(eval_dataset)}
+    run = describe_run(name, config, teacher_tokenizer, args.max_length, args.max_prompt_length, splits)
+    check_cache_matches(args.teacher_cache_dir, run)
+    joined = {split: join_cached_states(data, args.teacher_cache_dir, split) for split, data in splits.items()}
+    if isinstance(eval_dataset, dict):
+        eval_dataset = {key: joined[f"eval_{key}"] for key in eval_dataset}
+    elif eval_dataset is not None:
+        eval_dataset = joined["eval"]
+    return joined["train"], eval_dataset
 
 
 def _resolve_teacher_argument(teacher_model, args):
