@@ -17,8 +17,7 @@ from hf_dwakd import DWAKDTrainer
 from hf_dwakd.data import DistillationCollator, prepare_distillation_dataset
 from hf_dwakd.teacher_cache import build_teacher_cache, load_light_teacher, shard_range
 
-from conftest import load_tokenizer, tiny_causal_lm
-from test_trainer import ROWS, make_config
+from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
 
 METHOD_OPTIONS = {
     "dwakd": {},
