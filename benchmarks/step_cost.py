@@ -3,6 +3,14 @@
 Run: python benchmarks/step_cost.py [--device cpu|cuda] [--steps 4] [--warmup 1] [--batch_size 4] [--seq_len 256]
      [--methods dwakd sft dskd uld mined multilevel_ot dwakd_no_dtw] [--bf16]
      [--student_hidden 256] [--student_layers 2] [--teacher_hidden 512] [--teacher_layers 2]
+     [--pair random|demo] [--reference-src PATH]
+
+`--pair demo` times the CPU demo's two real models instead (`hf_dwakd.demo.models`, converted once into
+~/.cache/hf_dwakd), in both directions: Gemma-3-270M student with LoRA r8 on every linear layer and
+SmolLM2-135M-Instruct teacher, then SmolLM2 student with LoRA and Gemma-3 teacher; on the demo's own Dolly rows
+(`--seq_len` and half of it for the prompt bound the tokens). `--reference-src PATH`: also time the package in
+PATH (a checkout of another commit, e.g. `git archive 189f430 | tar -x -C /tmp/ref`) in the same run, each of
+its workers with PYTHONPATH=PATH, and print the ratios of the two.
 
 A step is what the real trainer does between `on_step_begin` and `on_step_end`: student and teacher forward,
 loss, backward, gradient clipping, optimizer step. Each method runs in a fresh subprocess (so memory peaks do not
@@ -10,6 +18,8 @@ mix) on the same random models and data: a GPT-2-shaped student and a Llama-shap
 Llama-2 tokenizers of the test fixtures, trained on bundled Dolly prompts whose responses are lengthened (several
 Dolly responses joined) so that every example fills `--seq_len` tokens on the side that tokenizes it longer.
 `dwakd_no_dtw` is DWA-KD with `use_dtw=False`: the difference to `dwakd` is the Soft-DTW alignment's cost.
+`dwakd_cached` and `dskd_cached` first build a teacher cache of the run's rows (`hf_dwakd.teacher_cache`; its time
+and size on disk are reported) and then train from it, with only the teacher's embedding and output layers loaded.
 
 Time is the median over `--steps` steps after `--warmup` untimed ones (Numba compilation, optimizer state):
 wall seconds, and the process's CPU seconds (all threads), which a shared CPU's load disturbs less (threads
@@ -38,14 +48,23 @@ from hf_dwakd.config import KD_METHODS
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
 DOLLY = ROOT / "hf_dwakd" / "demo" / "data" / "dolly_train.jsonl"
+# --pair demo: (student, teacher) names of `hf_dwakd.demo.models` per direction.
+DEMO_DIRECTIONS = {
+    "gemma-3-270m <- smollm2-135m-instruct": ("gemma-3-270m", "smollm2-135m-instruct"),
+    "smollm2-135m-instruct <- gemma-3-270m": ("smollm2-135m-instruct", "gemma-3-270m"),
+}
 # Every kd_method at its defaults, and DWA-KD without Soft-DTW so that the alignment's own cost shows.
 VARIANTS = {method: dict(kd_method=method) for method in KD_METHODS}
 VARIANTS["dwakd_no_dtw"] = dict(kd_method="dwakd", use_dtw=False)
+# Trained from a teacher cache built just before, in the same process.
+CACHED_VARIANTS = {"dwakd_cached": "dwakd", "dskd_cached": "dskd"}
+VARIANTS.update({name: dict(kd_method=method) for name, method in CACHED_VARIANTS.items()})
 # DWA-KD vs DSKD in the paper (Section "Efficiency", batch 4): 0.45 s vs 0.35 s a step, 29.9 GB vs 26.4 GB.
 PAPER_TIME_RATIO = 0.45 / 0.35
 PAPER_MEMORY_RATIO = 29.9 / 26.4
 RESULT_PREFIX = "step_cost_result: "
 MIB = 2**20
+DEMO_METHODS = ["sft", "dskd", "dwakd"]  # --pair demo's default
 
 
 def parse_args(argv=None):
@@ -55,13 +74,24 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=256, help="tokens per example on the longer side")
-    parser.add_argument("--methods", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(VARIANTS),
+        help=f"default: all, or {' '.join(DEMO_METHODS)} with --pair demo",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (DWAKDConfig bf16=True)")
     parser.add_argument("--student_hidden", type=int, default=256, help="GPT-2-shaped student's width")
     parser.add_argument("--student_layers", type=int, default=2)
     parser.add_argument("--teacher_hidden", type=int, default=512, help="Llama-shaped teacher's width")
     parser.add_argument("--teacher_layers", type=int, default=2)
+    parser.add_argument("--pair", choices=("random", "demo"), default="random", help="random models or the demo's")
+    parser.add_argument("--reference-src", type=Path, help="also time the hf_dwakd package found in this folder")
+    parser.add_argument(
+        "--directions", nargs="+", choices=list(DEMO_DIRECTIONS), help="--pair demo: which (default: both)"
+    )
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--direction", choices=list(DEMO_DIRECTIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("student_hidden", "teacher_hidden"):
         if getattr(args, name) < 64 or getattr(args, name) % 64:
@@ -75,6 +105,8 @@ def parse_args(argv=None):
         parser.error(f"--seq_len must be at least 16 (half of it goes to the prompt), got {args.seq_len}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device; use --device cpu.")
+    if args.reference_src is not None and not (args.reference_src / "hf_dwakd" / "__init__.py").is_file():
+        parser.error(f"--reference-src {args.reference_src} holds no hf_dwakd package (hf_dwakd/__init__.py).")
     return args
 
 
@@ -115,6 +147,37 @@ def random_causal_lm(tokenizer, family, hidden_size, num_layers, seed, device):
             **common,
         )
         return LlamaForCausalLM(config)
+
+
+def build_cache(teacher, teacher_tokenizer, student_tokenizer, config, rows):
+    """Build the teacher cache of `rows` for `config` (the teacher saved first unless it was loaded from a folder);
+    returns the teacher's folder and the build's seconds, bytes on disk and examples."""
+    import ctypes
+    import gc
+
+    from datasets import Dataset
+
+    from hf_dwakd.teacher_cache import build_teacher_cache
+
+    scratch = Path(tempfile.mkdtemp(prefix="hf_dwakd_step_cost_cache_"))
+    folder = Path(teacher.config._name_or_path or scratch / "missing")
+    if not (folder / "config.json").is_file():
+        folder = scratch / "teacher"
+        teacher.save_pretrained(folder)
+    config.teacher_model_name_or_path = str(folder)
+    config.teacher_cache_dir = str(scratch / "cache")
+    del teacher
+    gc.collect()
+    started = time.perf_counter()
+    build_teacher_cache(config, Dataset.from_list(rows), student_tokenizer=student_tokenizer,
+                        teacher_tokenizer=teacher_tokenizer)
+    seconds = time.perf_counter() - started
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # the build's freed heap is given back before the steps are measured
+    size = sum(path.stat().st_size for path in (scratch / "cache" / "train").rglob("*") if path.is_file())
+    return str(folder), {"cache_build_seconds": seconds, "cache_bytes": size, "cache_examples": len(rows)}
 
 
 def dolly_rows(count, seq_len):
@@ -205,6 +268,31 @@ def step_meter(device, warmup):
     return StepMeter()
 
 
+def demo_pair(args, uses_teacher):
+    """The demo's student (LoRA r8 on every linear layer, as recipes/demo_cpu.yaml) and teacher for
+    `args.direction`, with their tokenizers and the LoRA config."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_dwakd.demo.models import demo_model_path
+
+    paths = [demo_model_path(name) for name in DEMO_DIRECTIONS[args.direction]]
+    student_tokenizer, teacher_tokenizer = (AutoTokenizer.from_pretrained(path) for path in paths)
+    torch.manual_seed(1)
+    student = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32).to(args.device)
+    teacher = None
+    if uses_teacher:
+        teacher = AutoModelForCausalLM.from_pretrained(paths[1], dtype=torch.float32).to(args.device)
+    peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    return student, teacher, student_tokenizer, teacher_tokenizer, peft_config
+
+
+def demo_rows(count):
+    """The first `count` rows of the demo's training data (DSKD jsonl: prompt, output)."""
+    lines = [line for line in DOLLY.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{"prompt": row["prompt"], "output": row["output"]} for row in map(json.loads, lines[:count])]
+
+
 def run_worker(args):
     """Train `warmup + steps` steps of one variant and print its figures as one JSON line."""
     import transformers
@@ -214,14 +302,22 @@ def run_worker(args):
 
     transformers.logging.set_verbosity_error()
     options = VARIANTS[args.worker]
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
-    student = random_causal_lm(student_tokenizer, "gpt2", args.student_hidden, args.student_layers, 1, args.device)
     uses_teacher = options["kd_method"] != "sft"
-    teacher = None
-    if uses_teacher:
-        teacher = random_causal_lm(
-            teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device
+    total_steps = args.warmup + args.steps
+    if args.pair == "demo":
+        student, teacher, student_tokenizer, teacher_tokenizer, peft_config = demo_pair(args, uses_teacher)
+        rows = demo_rows(args.batch_size * total_steps)
+    else:
+        student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+        student = random_causal_lm(
+            student_tokenizer, "gpt2", args.student_hidden, args.student_layers, 1, args.device
         )
+        teacher = None
+        if uses_teacher:
+            teacher = random_causal_lm(
+                teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device
+            )
+        peft_config, rows = None, dolly_rows(args.batch_size * total_steps, args.seq_len)
     total_steps = args.warmup + args.steps
     config = DWAKDConfig(
         output_dir=str(Path(tempfile.gettempdir()) / "hf_dwakd_step_cost"),
@@ -238,17 +334,23 @@ def run_worker(args):
         seed=0,
         max_length=args.seq_len,
         max_prompt_length=args.seq_len // 2,
+        # The demo recipe's setting (recomputing activations only saves memory); the random pair keeps TRL's.
+        **({"activation_checkpointing": False} if args.pair == "demo" else {}),
         **options,
     )
+    cache_figures = {}
+    if args.worker in CACHED_VARIANTS:
+        teacher, cache_figures = build_cache(teacher, teacher_tokenizer, student_tokenizer, config, rows)
     meter = step_meter(args.device, args.warmup)
     trainer = DWAKDTrainer(
         model=student,
         teacher_model=teacher,
         args=config,
-        train_dataset=Dataset.from_list(dolly_rows(args.batch_size * total_steps, args.seq_len)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=student_tokenizer,
         teacher_processing_class=teacher_tokenizer if uses_teacher else None,
         callbacks=[meter],
+        peft_config=peft_config,
     )
     data = trainer.train_dataset
     trainer.train()
@@ -269,6 +371,7 @@ def run_worker(args):
         "student_response_tokens": mean_responses("labels"),
         "teacher_tokens": mean_tokens("teacher_input_ids") if uses_teacher else None,
         "teacher_response_tokens": mean_responses("teacher_labels") if uses_teacher else None,
+        **cache_figures,
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
@@ -278,16 +381,18 @@ def run_worker(args):
 
 WORKER_OPTIONS = (
     "device", "steps", "warmup", "batch_size", "seq_len", "student_hidden", "student_layers", "teacher_hidden",
-    "teacher_layers",
+    "teacher_layers", "pair",
 )
 
 
-def run_variant(variant, args):
-    """The worker's figures, or None (its error printed) when it failed."""
+def run_variant(variant, args, source, direction=None):
+    """The worker's figures with the package in folder `source`, or None (its error printed) when it failed."""
     command = [sys.executable, __file__, "--worker", variant, *(["--bf16"] if args.bf16 else [])]
     for name in WORKER_OPTIONS:
         command += [f"--{name}", str(getattr(args, name))]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if direction is not None:
+        command += ["--direction", direction]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(source)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
@@ -296,13 +401,18 @@ def run_variant(variant, args):
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
-def print_table(results, args):
+def print_table(results, args, title):
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    if args.pair == "demo":
+        models = f"student <- teacher: {title}, LoRA r8 on the student's linear layers"
+    else:
+        models = (
+            f"student gpt2 d={args.student_hidden} x{args.student_layers}, teacher llama d={args.teacher_hidden} "
+            f"x{args.teacher_layers}; {title}"
+        )
     print(
         f"\n{device}, {'bf16' if args.bf16 else 'fp32'}, batch {args.batch_size}, seq_len {args.seq_len}, median of "
-        f"{args.steps} steps after {args.warmup} warm-up; "
-        f"student gpt2 d={args.student_hidden} x{args.student_layers}, "
-        f"teacher llama d={args.teacher_hidden} x{args.teacher_layers}\n"
+        f"{args.steps} steps after {args.warmup} warm-up; {models}\n"
     )
     print(
         "| method | s/step | CPU s/step | step peak MiB | total peak MiB "
@@ -317,6 +427,7 @@ def print_table(results, args):
             f"| {r['variant']} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {r['step_peak_mib']:.0f} "
             f"| {r['total_peak_mib']:.0f} | {tokens} |"
         )
+    print_cache_figures(results, args)
     if "dwakd" in results and "dskd" in results:
         ours, dskd = results["dwakd"], results["dskd"]
         print(
@@ -328,25 +439,82 @@ def print_table(results, args):
         )
 
 
+def print_comparison(reference, current, title):
+    """Reference over current: how many times faster, and how much less memory, the current code is."""
+    print(f"\nreference -> current, {title}\n")
+    print("| method | s/step | speed-up | CPU s/step | step peak MiB | step peak lower by | total peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for variant in current:
+        if variant not in reference:
+            continue
+        old, new = reference[variant], current[variant]
+        print(
+            f"| {variant} | {old['seconds']:.2f} -> {new['seconds']:.2f} | {old['seconds'] / new['seconds']:.2f}x "
+            f"| {old['cpu_seconds']:.2f} -> {new['cpu_seconds']:.2f} "
+            f"| {old['step_peak_mib']:.0f} -> {new['step_peak_mib']:.0f} "
+            f"| {100 * (1 - new['step_peak_mib'] / old['step_peak_mib']):.0f} % "
+            f"| {old['total_peak_mib']:.0f} -> {new['total_peak_mib']:.0f} |"
+        )
+
+
+def print_cache_figures(results, args):
+    """Build cost, disk size and break-even of each cached row, and the cached DWA-KD against live DSKD."""
+    for name, method in CACHED_VARIANTS.items():
+        if name not in results or method not in results:
+            continue
+        cached, live = results[name], results[method]
+        per_example = cached["cache_build_seconds"] / cached["cache_examples"]
+        saved_per_example = (live["seconds"] - cached["seconds"]) / args.batch_size
+        break_even = f"{per_example / saved_per_example:.2f}" if saved_per_example > 0 else "never (no step saved)"
+        print(
+            f"\n{name}: build {cached['cache_build_seconds']:.1f} s for {cached['cache_examples']} examples (teacher "
+            f"load included), {cached['cache_bytes'] / MIB * 1000 / cached['cache_examples']:.1f} MiB on disk per "
+            f"1,000 examples; step time {cached['seconds'] / live['seconds']:.2f}x, total peak "
+            f"{cached['total_peak_mib'] / live['total_peak_mib']:.2f}x live {method}; break-even after {break_even} "
+            "epochs (build seconds per example / seconds saved per example)"
+        )
+    if "dwakd_cached" in results and "dskd" in results:
+        ours, dskd = results["dwakd_cached"], results["dskd"]
+        print(
+            f"dwakd_cached / live dskd: time {ours['seconds'] / dskd['seconds']:.2f} (bar 0.80), CPU time "
+            f"{ours['cpu_seconds'] / dskd['cpu_seconds']:.2f}, total peak memory "
+            f"{ours['total_peak_mib'] / dskd['total_peak_mib']:.2f} (bar < 1), step peak "
+            f"{ours['step_peak_mib'] / dskd['step_peak_mib']:.2f}"
+        )
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         run_worker(args)
         return
+    methods = args.methods or (DEMO_METHODS if args.pair == "demo" else list(VARIANTS))
+    sources = {"current": ROOT}
+    if args.reference_src is not None:
+        sources["reference"] = args.reference_src.resolve()
+    directions = (args.directions or list(DEMO_DIRECTIONS)) if args.pair == "demo" else [None]
     print(f"load average before: {' '.join(f'{load:.2f}' for load in os.getloadavg())}", flush=True)
-    results = {}
-    for variant in args.methods:
-        started = time.perf_counter()
-        result = run_variant(variant, args)
-        if result is not None:
-            results[variant] = result
-            print(
-                f"{variant}: {result['seconds']:.3f} s/step, {result['step_peak_mib']:.0f} MiB step peak, "
-                f"{result['total_peak_mib']:.0f} MiB total peak (done in {time.perf_counter() - started:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    print_table(results, args)
+    for direction in directions:
+        results = {name: {} for name in sources}
+        for variant in methods:
+            # Reference and current one after the other for each method, so that a change of load hits both.
+            for name, source in sources.items():
+                started = time.perf_counter()
+                result = run_variant(variant, args, source, direction)
+                if result is None:
+                    continue
+                results[name][variant] = result
+                print(
+                    f"{name} {direction or ''} {variant}: {result['seconds']:.3f} s/step, "
+                    f"{result['step_peak_mib']:.0f} MiB step peak, {result['total_peak_mib']:.0f} MiB total peak "
+                    f"(done in {time.perf_counter() - started:.0f} s; load {os.getloadavg()[0]:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        for name, source in sources.items():
+            print_table(results[name], args, f"{direction + ', ' if direction else ''}{name} code ({source})")
+        if "reference" in results:
+            print_comparison(results["reference"], results["current"], direction or "random pair")
     print(f"\nload average after: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
 
 

@@ -5,7 +5,11 @@ import importlib
 __version__ = "0.1.0"
 
 # Imported on first use, so `hf_dwakd.ops` works without loading TRL.
-_LAZY = {"DWAKDConfig": "hf_dwakd.config", "DWAKDTrainer": "hf_dwakd.trainer"}
+_LAZY = {
+    "DWAKDConfig": "hf_dwakd.config",
+    "DWAKDTrainer": "hf_dwakd.trainer",
+    "build_teacher_cache": "hf_dwakd.teacher_cache",
+}
 __all__ = list(_LAZY)
 
 

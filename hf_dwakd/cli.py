@@ -15,6 +15,8 @@ import importlib
 COMMANDS = {
     "train": ("hf_dwakd.scripts.train:run", "distil a student from a teacher (a YAML recipe and/or flags)"),
     "evaluate": ("hf_dwakd.evaluation.command:main", "ROUGE-L of a model on Dolly, Self-Instruct, Vicuna and S-NI"),
+    "inspect": ("hf_dwakd.inspection.command:main", "draw how a student's tokens meet the teacher's on one example"),
+    "cache-teacher": ("hf_dwakd.teacher_cache.command:main", "run the teacher once and store its states for `train`"),
 }
 
 

@@ -9,6 +9,7 @@ from .objective import DIVERGENCES, DWAKDLossOptions
 from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
 from .registry import get_method, registered_methods
+from .teacher_cache.store import STORAGE_DTYPES as CACHE_DTYPES
 
 KD_METHODS = tuple(registered_methods())  # the built-in methods; `registry.py` adds more
 DEFAULT_CE_WEIGHT = 0.5  # every method's but dskd's, whose ce_weight follows kd_weight
@@ -26,6 +27,10 @@ class DWAKDConfig(SFTConfig):
         teacher_model_init_kwargs (`dict` or JSON `str`, *optional*): keyword arguments for
             `AutoModelForCausalLM.from_pretrained` when the teacher is loaded from a name.
         teacher_tokenizer_name_or_path (`str`, *optional*): the teacher's tokenizer; defaults to the teacher's name.
+        teacher_cache_dir (`str`, *optional*): a teacher cache (`hf-dwakd cache-teacher`): train from the stored
+            teacher states with only the teacher's embedding and output layers loaded. Also where the build writes.
+        teacher_cache_dtype (`str`, defaults to `"float32"`): dtype the build stores the states in, one of
+            `float32`, `bfloat16`, `float16`.
 
     Objective:
         kd_method (`str`, defaults to `"dwakd"`): the distillation objective, a method of the registry
@@ -57,6 +62,8 @@ class DWAKDConfig(SFTConfig):
         dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
         kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
+        alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
+            every N steps (`hf_dwakd.inspection`); 0 = off.
 
     Baselines (each refused with another `kd_method`):
         uld_top_k (`int`, *optional*): ULD compares the k largest probabilities only (exact when None).
@@ -82,6 +89,14 @@ class DWAKDConfig(SFTConfig):
     )
     teacher_tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local path of the teacher's tokenizer (default: the teacher's)."}
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Teacher cache folder (hf-dwakd cache-teacher): train without running the teacher."},
+    )
+    teacher_cache_dtype: str = field(
+        default="float32",
+        metadata={"help": f"dtype the teacher cache stores its states in, one of {tuple(CACHE_DTYPES)}."},
     )
     kd_method: str = field(
         default="dwakd", metadata={"help": f"Distillation objective, one of {KD_METHODS} (see registry.py)."}
@@ -154,6 +169,14 @@ class DWAKDConfig(SFTConfig):
     projector_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the projectors' optimizer parameter group."}
     )
+    alignment_plot_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Draw the first training example's cross-model attention, band and Soft-DTW alignment before "
+            "training and every N optimizer steps, into output_dir/alignment/ and the TensorBoard/W&B trackers of "
+            "`report_to` (needs `pip install hf-dwakd[plot]`). 0 = off."
+        },
+    )
     uld_top_k: int | None = field(
         default=None, metadata={"help": "uld: compare only the k largest probabilities (None = exact full sort)."}
     )
@@ -182,6 +205,10 @@ class DWAKDConfig(SFTConfig):
             self.ce_weight = DEFAULT_CE_WEIGHT
         if method.check is not None:
             method.check(self)
+        if self.teacher_cache_dtype not in CACHE_DTYPES:
+            raise ValueError(
+                f"`teacher_cache_dtype` must be one of {tuple(CACHE_DTYPES)}, got {self.teacher_cache_dtype!r}."
+            )
         if (self.dtw_gamma_end is None) != (self.dtw_gamma_anneal_steps == 0):
             raise ValueError(
                 "Gamma annealing needs both `dtw_gamma_end` (> 0) and `dtw_gamma_anneal_steps` (> 0); set both, or "

@@ -6,6 +6,7 @@ DDP all-reduces them and DeepSpeed steps them; they are saved beside the student
 """
 
 import contextlib
+import inspect
 import os
 import textwrap
 import warnings
@@ -14,16 +15,20 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .projectors import DWAKDProjectors
 from .registry import get_method
+from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
+from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
 
 PROJECTORS_NAME = "projectors.safetensors"
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
@@ -34,6 +39,7 @@ DISTILLATION_COLUMNS = [
     "teacher_input_ids",
     "teacher_attention_mask",
     "teacher_labels",
+    "teacher_hidden",  # only in datasets joined with a teacher cache
 ]
 
 
@@ -129,13 +135,24 @@ class DWAKDTrainer(SFTTrainer):
             eval_dataset = {key: prepare_distillation_dataset(ds, **prepare) for key, ds in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = prepare_distillation_dataset(eval_dataset, **prepare)
+        cached = args.teacher_cache_dir is not None and teacher_model is not None
+        if cached:  # refused here, before any model is loaded, when the cache belongs to another run
+            train_dataset, eval_dataset = _with_cached_states(
+                args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset
+            )
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if data_collator is None:
             data_collator = DistillationCollator(
                 student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id, args.pad_to_multiple_of
             )
 
-        if isinstance(teacher_model, str):
+        if cached:
+            teacher_model = (
+                load_light_teacher(teacher_model, **_teacher_init_kwargs(args))
+                if isinstance(teacher_model, str)
+                else LightTeacher.from_model(teacher_model)
+            )
+        elif isinstance(teacher_model, str):
             teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, **_teacher_init_kwargs(args))
 
         super().__init__(
@@ -158,17 +175,26 @@ class DWAKDTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
 
+        # Per role ("student", "teacher"): whether the output layer on the last hidden state gives the model's
+        # logits, checked on the first batch (`_side_outputs`).
+        self._logits_from_hidden = {}
         self.teacher_model = None
+        self.cached_teacher = None  # a `LightTeacher` when the teacher's states come from a cache
         if teacher_model is not None:
             teacher_model.requires_grad_(False)
             teacher_model.eval()
-            self.teacher_model = self._prepare_teacher(teacher_model)
+            if cached:  # two layers, replicated on every process under any strategy
+                self.cached_teacher = teacher_model.to(self.accelerator.device)
+            else:
+                self.teacher_model = self._prepare_teacher(teacher_model)
         if args.needs_projectors:
             self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
         self.distillation_method = get_method(args.kd_method)
         self.aligner = None
         if self.distillation_method.build_aligner is not None:
             self.aligner = self.distillation_method.build_aligner(args, student_tokenizer, teacher_tokenizer)
+        if args.alignment_plot_steps:
+            self.add_callback(AlignmentPlotCallback(self))
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -231,18 +257,28 @@ class DWAKDTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        student = self._side_outputs(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], self.student_vocab_size
+        # Evaluation with `compute_metrics` asks for the outputs: then the student's logits are computed everywhere.
+        student, student_logits = self._side_outputs(
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["labels"],
+            self.student_vocab_size,
+            "student",
+            full_logits=return_outputs,
         )
         teacher = None
-        if self.teacher_model is not None:
+        if self.cached_teacher is not None:
+            teacher = cached_teacher_outputs(inputs, self.cached_teacher, self.teacher_vocab_size)
+        elif self.teacher_model is not None:
             with torch.no_grad():
-                teacher = self._side_outputs(
+                teacher, _ = self._side_outputs(
                     self.teacher_model,
                     inputs["teacher_input_ids"],
                     inputs["teacher_attention_mask"],
                     inputs["teacher_labels"],
                     self.teacher_vocab_size,
+                    "teacher",
                 )
         loss, metrics = distillation_loss(
             self.args,
@@ -264,22 +300,61 @@ class DWAKDTrainer(SFTTrainer):
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
         if self.args.kd_warmup_steps > 0:
             self._metrics[mode]["kd_student_scale"].append(self.args.kd_warmup_scale_at(self.state.global_step))
-        return (loss, student) if return_outputs else loss
+        if not return_outputs:
+            return loss
+        # What the student's own forward returns: logits at every position, aligned with the unshifted labels.
+        return loss, CausalLMOutputWithPast(loss=loss, logits=student_logits)
 
-    def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size):
+    def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size, role, full_logits=False):
+        """One model's `SideOutputs`, its output layer applied only where a loss reads logits, and the logits its
+        forward returned.
+
+        The model runs with `logits_to_keep=1` (its output layer on one position per row), and the losses apply the
+        output module to the response rows of the last hidden state. On the first batch, that one position checks
+        that the module on the last hidden state reproduces the model's logits; a model that post-processes them
+        (final soft-capping, a logit scale) falls back to the full forward, with a warning. `full_logits`: run the
+        full forward (logits at every position).
+        """
         unwrapped = self.accelerator.unwrap_model(model)
+        output_module = unwrapped.get_output_embeddings()
+        rows_only = not full_logits and self._logits_from_hidden.get(role, _accepts_logits_to_keep(unwrapped))
         with _captured_output(unwrapped.get_input_embeddings()) as embeddings:
             outputs = model(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=True,
+                use_cache=False,
+                **({"logits_to_keep": 1} if rows_only else {}),
             )
-        return shift_for_next_token(
-            outputs.logits,
-            outputs.hidden_states[-1],
+        hidden = outputs.hidden_states[-1]
+        output_layer = self._output_layer(output_module)
+        if rows_only and role not in self._logits_from_hidden:
+            self._logits_from_hidden[role] = _reproduces_logits(output_layer, hidden[:, -1], outputs.logits[:, -1])
+            if not self._logits_from_hidden[role]:
+                warnings.warn(
+                    f"The {role}'s logits are not its output layer applied to its last hidden state (final "
+                    "soft-capping or a logit scale?): it runs its full forward, output layer at every position."
+                )
+                return self._side_outputs(model, input_ids, attention_mask, labels, vocab_size, role)
+        side = shift_for_next_token(
+            None if rows_only else outputs.logits,
+            hidden,
             embeddings[0],
             labels,
-            self._full_lm_head_weight(unwrapped.get_output_embeddings().weight),
+            self._full_lm_head_weight(output_module.weight),
             vocab_size,
+            output_layer=output_layer if rows_only else None,
         )
+        return side, outputs.logits
+
+    def _output_layer(self, module):
+        """`module` on hidden rows under the mixed-precision autocast that the prepared model's forward uses."""
+
+        def output_layer(rows):
+            with self.accelerator.autocast():
+                return module(rows)
+
+        return output_layer
 
     def _full_lm_head_weight(self, weight):
         """The LM head weight whole, outside the forward pass (DWA-KD multiplies by it, detached).
@@ -377,6 +452,23 @@ def _captured_output(module):
         handle.remove()
 
 
+def _accepts_logits_to_keep(model):
+    """Whether the causal LM (under a PEFT wrapper, its base model) takes `logits_to_keep`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def _reproduces_logits(output_layer, hidden_rows, logits):
+    """Whether `output_layer(hidden_rows)` equals the model's `logits` for those rows, up to rounding."""
+    rows = output_layer(hidden_rows).float()
+    logits = logits.float()
+    if rows.shape != logits.shape:
+        return False
+    tolerance = 1e-4 if hidden_rows.dtype == torch.float32 and rows.dtype == torch.float32 else 2e-2
+    return bool((rows - logits).abs().max() <= tolerance * logits.abs().max().clamp(min=1))
+
+
 def _shard_each_layer(model):
     """FSDP2-shard every decoder layer of a model that only runs forwards.
 
@@ -389,6 +481,24 @@ def _shard_each_layer(model):
     for module in model.modules():
         if type(module).__name__ in layer_classes:
             fully_shard(module)
+
+
+def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset):
+    """The prepared datasets joined with the teacher cache's states, after checking the cache fits this run."""
+    if isinstance(teacher_model, str):
+        name = teacher_model
+        config = AutoConfig.from_pretrained(teacher_model, trust_remote_code=args.trust_remote_code)
+    else:
+        name, config = teacher_model.config._name_or_path, teacher_model.config
+    splits = {"train": train_dataset, **split_names(eval_dataset)}
+    run = describe_run(name, config, teacher_tokenizer, args.max_length, args.max_prompt_length, splits)
+    check_cache_matches(args.teacher_cache_dir, run)
+    joined = {split: join_cached_states(data, args.teacher_cache_dir, split) for split, data in splits.items()}
+    if isinstance(eval_dataset, dict):
+        eval_dataset = {key: joined[f"eval_{key}"] for key in eval_dataset}
+    elif eval_dataset is not None:
+        eval_dataset = joined["eval"]
+    return joined["train"], eval_dataset
 
 
 def _resolve_teacher_argument(teacher_model, args):

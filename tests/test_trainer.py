@@ -103,9 +103,12 @@ def test_gradient_accumulation_gives_the_same_loss_and_update(tmp_path):
         a = [e[key] for e in whole.state.log_history if key in e]
         b = [e[key] for e in split.state.log_history if key in e]
         assert a == pytest.approx(b, abs=1e-5), key
+    # The output layers run on the response rows only, whose number differs between the whole and the split
+    # batch: float32 rounding differs, and Adam's first steps blow it up on gradient entries near zero (Adam is
+    # scale-invariant, so a mis-scaled gradient would show in the losses above, not here).
     split_params = dict(split.model.named_parameters())
     for name, p in whole.model.named_parameters():
-        torch.testing.assert_close(p, split_params[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(p, split_params[name], atol=5e-5, rtol=0)
 
 
 def test_checkpoint_and_save_model_files(tmp_path):

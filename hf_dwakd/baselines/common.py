@@ -63,7 +63,7 @@ def baseline_method(name: str, kd_term, *, fields=(), token_sum_metrics=(), chec
 
 def response_logits(side: SideOutputs, responses: Responses, detach: bool = False) -> torch.Tensor:
     """(N, vocab_size) float32 logits at the response positions (the tokenizer's columns only)."""
-    logits = side.logits[responses.batch_index, responses.position_index, : side.vocab_size].float()
+    logits = side.logits_at(responses.batch_index, responses.position_index)[:, : side.vocab_size].float()
     return logits.detach() if detach else logits
 
 

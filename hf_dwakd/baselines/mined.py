@@ -90,7 +90,8 @@ def mined_loss(
     partner = teacher_positions[student.response_mask]
     aligned = partner >= 0
 
-    teacher_logits = teacher.logits.detach()[responses.batch_index[aligned], partner[aligned], : teacher.vocab_size]
+    teacher_rows = teacher.logits_at(responses.batch_index[aligned], partner[aligned])
+    teacher_logits = teacher_rows[:, : teacher.vocab_size].detach()
     target_logits = project_teacher_logits(
         teacher_logits.float() / temperature, teacher_to_student, student.vocab_size, top_k
     )

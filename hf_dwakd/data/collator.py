@@ -1,12 +1,20 @@
 """Pad prepared rows of both models into one batch of tensors."""
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from ..objective.outputs import IGNORE_INDEX
 
+# A teacher cache's column (`teacher_cache.store`): each row's (response positions, d) teacher states.
+TEACHER_HIDDEN_COLUMN = "teacher_hidden"
+
 
 class DistillationCollator:
-    """Right-pads each side to its longest row (rounded up to `pad_to_multiple_of`); labels pad with -100."""
+    """Right-pads each side to its longest row (rounded up to `pad_to_multiple_of`); labels pad with -100.
+
+    Rows read from a teacher cache also hold `teacher_hidden` arrays (n_i, d): they are stacked into one
+    (B, max n_i, d) tensor, zero-padded, in their stored dtype.
+    """
 
     def __init__(self, student_pad_token_id, teacher_pad_token_id, pad_to_multiple_of=None):
         for side, pad_id in (("student", student_pad_token_id), ("teacher", teacher_pad_token_id)):
@@ -24,6 +32,9 @@ class DistillationCollator:
         batch = {}
         for prefix, pad_id in self.pad_token_ids.items():
             batch.update(self._pad_side(rows, prefix, pad_id))
+        if TEACHER_HIDDEN_COLUMN in rows[0]:
+            states = [torch.as_tensor(row[TEACHER_HIDDEN_COLUMN]) for row in rows]
+            batch[TEACHER_HIDDEN_COLUMN] = pad_sequence(states, batch_first=True)
         return batch
 
     def _pad_side(self, rows, prefix, pad_id):

@@ -38,10 +38,15 @@ def hidden_alignment(
     student: Responses, teacher: Responses, projectors: nn.Module, gamma: float, band, backend: str
 ) -> torch.Tensor:
     """(B,) D(student last hidden states, t2s(N(H_t)), teacher detached), the band on the cross cost."""
-    projected = project(projectors.t2s, normalise_per_example(teacher.hidden.detach(), teacher.valid))
     return soft_dtw_divergence(
-        student.hidden, projected, gamma, student.lengths, teacher.lengths, band=band, backend=backend
+        *hidden_pair(student, teacher, projectors), gamma, student.lengths, teacher.lengths, band=band, backend=backend
     )
+
+
+def hidden_pair(student: Responses, teacher: Responses, projectors: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sequences the hidden term aligns: the student's last hidden states and t2s(N(H_t)), teacher
+    detached."""
+    return student.hidden, project(projectors.t2s, normalise_per_example(teacher.hidden.detach(), teacher.valid))
 
 
 def embedding_alignment(

@@ -11,18 +11,27 @@ from hf_dwakd.projectors import DWAKDProjectors
 def check_side(side: SideOutputs, name: str) -> None:
     if not isinstance(side, SideOutputs):
         raise TypeError(f"{name} must be a SideOutputs (see shift_for_next_token), got {type(side).__name__}.")
-    if side.logits.dim() != 3:
-        raise ValueError(f"{name}.logits must be (batch, length, vocabulary), got shape {tuple(side.logits.shape)}.")
-    batch, length, width = side.logits.shape
-    hidden_size = side.hidden.shape[-1]
-    for field in ("hidden", "input_embeds", "target_embeds"):
+    if side.hidden.dim() != 3:
+        raise ValueError(f"{name}.hidden must be (batch, length, hidden size), got shape {tuple(side.hidden.shape)}.")
+    batch, length, hidden_size = side.hidden.shape
+    for field in ("input_embeds", "target_embeds"):
         if getattr(side, field).shape != (batch, length, hidden_size):
             raise ValueError(
                 f"{name}.{field} has shape {tuple(getattr(side, field).shape)}; expected ({batch}, {length}, "
-                f"{hidden_size}) to match {name}.logits and {name}.hidden."
+                f"{hidden_size}) to match {name}.hidden."
             )
     if side.labels.shape != (batch, length):
         raise ValueError(f"{name}.labels has shape {tuple(side.labels.shape)}; expected ({batch}, {length}).")
+    if side.logits is None and side.output_layer is None:
+        raise ValueError(f"{name} has neither `logits` nor `output_layer`: set one (see shift_for_next_token).")
+    width = side.logit_width
+    if side.logits is not None:
+        if side.logits.dim() != 3 or side.logits.shape[:2] != (batch, length):
+            raise ValueError(
+                f"{name}.logits must be (batch, length, vocabulary) = ({batch}, {length}, V) like {name}.labels, "
+                f"got shape {tuple(side.logits.shape)}."
+            )
+        width = side.logits.shape[-1]
     if side.lm_head_weight.shape != (width, hidden_size):
         raise ValueError(
             f"{name}.lm_head_weight has shape {tuple(side.lm_head_weight.shape)}; expected ({width}, {hidden_size}) "

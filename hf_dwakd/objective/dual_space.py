@@ -1,9 +1,11 @@
 """Per-token, vocabulary-wide terms of the student and teacher spaces (docs/method.md, Dual-space KD and Loss).
 
 Each function returns (N,) float32 values over one side's N response tokens, computed `chunk_size` tokens at a
-time. The logits are indexed inside the chunk, so only a chunk of them is ever upcast to float32. Each logit set
-gets one log-softmax per temperature: the tau = 1 one serves its cross-entropy, entropy or gate (and the KD when
-tau = 1), since every (tokens x vocabulary) pass and allocation costs about as much as the arithmetic.
+time. Each chunk reads its logit rows through `SideOutputs.logits_at` (the model's output layer applied to
+those rows only), so only a chunk of them ever exists in float32, and under chunking only a chunk is kept for the
+backward (`chunking.py`). Each logit set gets one log-softmax per temperature: the tau = 1 one serves its
+cross-entropy, entropy or gate (and the KD when tau = 1), since every (tokens x vocabulary) pass and allocation
+costs about as much as the arithmetic.
 """
 
 import torch
@@ -14,7 +16,7 @@ from hf_dwakd.objective.chunking import over_token_chunks
 from hf_dwakd.objective.divergences import divergence
 from hf_dwakd.objective.options import DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
-from hf_dwakd.objective.responses import Responses, gather_rows
+from hf_dwakd.objective.responses import Responses
 from hf_dwakd.objective.weights import entropy, max_probability, vocabulary_log_probs
 
 
@@ -26,12 +28,12 @@ def predicts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def student_cross_entropy(student: SideOutputs, responses: Responses, chunk_size: int | None) -> torch.Tensor:
     """CE of the student logits against its labels, per response token."""
 
-    def chunk(batch_index, position_index, labels, logits):
-        student_logits = gather_rows(logits, batch_index, position_index)
+    def chunk(batch_index, position_index, labels):
+        student_logits = student.logits_at(batch_index, position_index)
         return {"ce": F.cross_entropy(student_logits.float(), labels, reduction="none")}
 
     per_token = (responses.batch_index, responses.position_index, responses.token_labels())
-    return over_token_chunks(chunk, per_token, (student.logits,), chunk_size)["ce"]
+    return over_token_chunks(chunk, per_token, (), chunk_size)["ce"]
 
 
 def student_space(
@@ -50,10 +52,10 @@ def student_space(
     gathered logits, so that the backward fills one gradient of the logits instead of two.
     """
     vocab_size = student.vocab_size
-    unpadded = student.logits.shape[-1] == vocab_size
+    unpadded = student.logit_width == vocab_size
 
-    def chunk(batch_index, position_index, labels, hidden, logits, lm_head_weight):
-        student_logits = gather_rows(logits, batch_index, position_index)
+    def chunk(batch_index, position_index, labels, hidden, lm_head_weight):
+        student_logits = student.logits_at(batch_index, position_index)
         projected_logits = t2s_logits(hidden, lm_head_weight)
         projected_log_probs = torch.log_softmax(projected_logits.float(), dim=-1)
         student_log_probs = None  # tau = 1, every column; computed only where something uses it
@@ -83,7 +85,7 @@ def student_space(
         return terms
 
     per_token = (responses.batch_index, responses.position_index, responses.token_labels(), t2s_hidden)
-    return over_token_chunks(chunk, per_token, (student.logits, student.lm_head_weight), options.kd_chunk_size)
+    return over_token_chunks(chunk, per_token, (student.lm_head_weight,), options.kd_chunk_size)
 
 
 def teacher_space(
@@ -96,10 +98,10 @@ def teacher_space(
     detached).
     """
     vocab_size = teacher.vocab_size
-    unpadded = teacher.logits.shape[-1] == vocab_size
+    unpadded = teacher.logit_width == vocab_size
 
-    def chunk(batch_index, position_index, labels, hidden, logits, lm_head_weight):
-        teacher_logits = gather_rows(logits, batch_index, position_index).detach()
+    def chunk(batch_index, position_index, labels, hidden, lm_head_weight):
+        teacher_logits = teacher.logits_at(batch_index, position_index).detach()
         projected_logits = s2t_logits(hidden, lm_head_weight)
         teacher_log_probs = None  # tau = 1, every column; computed only where something uses it
         if options.use_entropy_weighting and unpadded:
@@ -120,4 +122,4 @@ def teacher_space(
         return terms
 
     per_token = (responses.batch_index, responses.position_index, responses.token_labels(), s2t_hidden)
-    return over_token_chunks(chunk, per_token, (teacher.logits, teacher.lm_head_weight), options.kd_chunk_size)
+    return over_token_chunks(chunk, per_token, (teacher.lm_head_weight,), options.kd_chunk_size)

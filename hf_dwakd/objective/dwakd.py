@@ -165,6 +165,7 @@ register_method(
         fields=(
             *CONFIG_OPTIONS,
             "kd_warmup_steps",
+            "alignment_plot_steps",
             "dtw_gamma_end",
             "dtw_gamma_anneal_steps",
             "projector_learning_rate",

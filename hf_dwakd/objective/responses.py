@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hf_dwakd.objective.outputs import IGNORE_INDEX, SideOutputs
+from hf_dwakd.objective.outputs import IGNORE_INDEX, SideOutputs, gather_rows  # noqa: F401 (gather_rows: re-exported)
 
 
 @dataclass
@@ -63,27 +63,3 @@ def gather_responses(side: SideOutputs) -> Responses:
         batch_index=batch_index,
         position_index=position_index,
     )
-
-
-class _GatherRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, batch_index, position_index):
-        ctx.save_for_backward(batch_index, position_index)
-        ctx.shape = values.shape
-        return values[batch_index, position_index]
-
-    @staticmethod
-    def backward(ctx, grad):
-        batch_index, position_index = ctx.saved_tensors
-        grad_values = grad.new_zeros(ctx.shape)
-        grad_values[batch_index, position_index] = grad  # the positions are distinct: written, not accumulated
-        return grad_values, None, None
-
-
-def gather_rows(values: torch.Tensor, batch_index: torch.Tensor, position_index: torch.Tensor) -> torch.Tensor:
-    """`values[batch_index, position_index]` for distinct positions (a `Responses`' indices, or a chunk of them).
-
-    Its backward writes the gradient rows into zeros, where plain indexing accumulates them: the same values,
-    2-3x faster on CPU for a (tokens x vocabulary) gradient.
-    """
-    return _GatherRows.apply(values, batch_index, position_index)

@@ -35,13 +35,12 @@ def _check_band(band, batch, n_rows):
         raise ValueError(f"band.penalty must be a finite number >= 0, got {band.penalty!r}.")
 
 
-def _band_penalty(band, n_cols, dtype, device):
-    """(B, N, M) additive penalty of the band, columns numbered from 1."""
+def outside_band(band, n_cols, dtype, device):
+    """(B, N, M) bool: whether column j (numbered from 1) lies outside row i's band, where the penalty applies."""
     columns = torch.arange(1, n_cols + 1, device=device, dtype=dtype)
     center = band.center.detach().to(device=device, dtype=dtype)
     width = band.width.detach().to(device=device, dtype=dtype)
-    outside = (columns - center[:, :, None]).abs() > width[:, :, None]
-    return outside.to(dtype) * band.penalty
+    return (columns - center[:, :, None]).abs() > width[:, :, None]
 
 
 def _zero_padding(sequences, lengths):
@@ -78,6 +77,16 @@ def soft_dtw_divergence(
     lengths_x = check_lengths(lengths_x, "lengths_x", batch, n_rows, x.device)
     lengths_y = check_lengths(lengths_y, "lengths_y", batch, n_cols, x.device)
 
+    cost, lengths_left, lengths_right = divergence_costs(x, y, lengths_x, lengths_y, band)
+    values = soft_dtw(cost, gamma, lengths_left, lengths_right, backend=backend)
+    cross, self_x, self_y = values.split(batch)
+    return cross - 0.5 * (self_x + self_y)
+
+
+def divergence_costs(x, y, lengths_x, lengths_y, band=None):
+    """The divergence's three cost batches stacked, `(cost, lengths_left, lengths_right)`: cost (3B, S, S) holds
+    C~(x, y) (the band on it), then C(x, x), then C(y, y), S = max(N, M); lengths (3B,) checked already."""
+    batch, n_rows, n_cols = x.shape[0], x.shape[1], y.shape[1]
     dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
     size = max(n_rows, n_cols)
     with torch.autocast(x.device.type, enabled=False):
@@ -90,9 +99,5 @@ def soft_dtw_divergence(
         ones = x_unit.new_ones(()).expand(3 * batch, size, size)
         cost = torch.baddbmm(ones, left, right.transpose(1, 2), alpha=-1.0)  # 1 - cos in one pass
         if band is not None:
-            cost[:batch, :n_rows, :n_cols] += _band_penalty(band, n_cols, dtype, x.device)
-    lengths_left = torch.cat((lengths_x, lengths_x, lengths_y))
-    lengths_right = torch.cat((lengths_y, lengths_x, lengths_y))
-    values = soft_dtw(cost, gamma, lengths_left, lengths_right, backend=backend)
-    cross, self_x, self_y = values.split(batch)
-    return cross - 0.5 * (self_x + self_y)
+            cost[:batch, :n_rows, :n_cols] += outside_band(band, n_cols, dtype, x.device).to(dtype) * band.penalty
+    return cost, torch.cat((lengths_x, lengths_x, lengths_y)), torch.cat((lengths_y, lengths_x, lengths_y))
