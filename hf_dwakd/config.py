@@ -5,6 +5,7 @@ from typing import Any
 
 from trl import SFTConfig
 
+from .inspection.figure import require_matplotlib
 from .objective import DIVERGENCES, DWAKDLossOptions
 from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
@@ -219,6 +220,10 @@ class DWAKDConfig(SFTConfig):
         if self.kd_warmup_steps < 0:
             raise ValueError(f"`kd_warmup_steps` must be >= 0, got {self.kd_warmup_steps}.")
         self.loss_options()  # validates every objective knob, with the errors naming this config's fields
+        if self.alignment_plot_steps < 0:
+            raise ValueError(f"`alignment_plot_steps` must be >= 0 (0 = off), got {self.alignment_plot_steps}.")
+        if self.alignment_plot_steps:
+            require_matplotlib()
         if self.projector_learning_rate <= 0:
             raise ValueError(f"`projector_learning_rate` must be > 0, got {self.projector_learning_rate}.")
         if self.max_length is None or self.max_prompt_length >= self.max_length:
