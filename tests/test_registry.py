@@ -7,9 +7,9 @@ from datasets import Dataset
 
 from hf_dwakd import DWAKDConfig, DWAKDTrainer, registry
 from hf_dwakd.baselines import dskd_loss, uld_loss
-from hf_dwakd.baselines.common import student_ce
+from hf_dwakd.baselines.common import response_logits, student_ce
 from hf_dwakd.methods import distillation_loss
-from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss
+from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss, gather_responses
 from hf_dwakd.projectors import DWAKDProjectors
 from hf_dwakd.registry import DistillationMethod, get_method, register_method
 
@@ -69,7 +69,9 @@ def pair():
 def _toy_loss(args, student, teacher, num_items_in_batch, context):
     """CE plus the squared gap between the two models' mean response logit, weighted by `kd_weight`."""
     ce = student_ce(student, num_items_in_batch)
-    gap = student.logits[student.response_mask].mean() - teacher.logits[teacher.response_mask].detach().mean()
+    student_logits = response_logits(student, gather_responses(student))
+    teacher_logits = response_logits(teacher, gather_responses(teacher), detach=True)
+    gap = student_logits.mean() - teacher_logits.mean()
     return ce + args.kd_weight * gap**2, {"ce": ce.detach(), "gap": gap.detach()}
 
 
