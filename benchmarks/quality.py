@@ -249,7 +249,7 @@ def score(name, model_path, adapter, args, eval_dir):
     results_file = eval_dir / name / "results.json"
     if not results_file.is_file():
         argv = [
-            "--model",
+            "--model_name_or_path",
             str(model_path),
             "--name",
             name,

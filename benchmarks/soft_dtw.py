@@ -103,7 +103,9 @@ def main():
             y = torch.randn(BATCH, size, DIM, generator=generator).to(device)
             timings = median_times(contenders(device), x, y, args.repeats)
             ours_name, (ours_time, ours_values) = next(iter(timings.items()))
-            print(f"\n{device} {size}x{size}: fwd+bwd, median of {args.repeats}; |value - ours| largest over the batch")
+            print(
+                f"\n{device} {size}x{size}: fwd+bwd, median of {args.repeats}; |value - ours| largest over the batch"
+            )
             for name, result in timings.items():
                 if isinstance(result, str):
                     print(f"  {name:32s} {result}")

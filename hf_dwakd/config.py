@@ -1,6 +1,5 @@
 """`DWAKDConfig`: TRL's `SFTConfig` plus one field per knob of the DWA-KD method (docs/method.md)."""
 
-import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -8,77 +7,13 @@ from trl import SFTConfig
 
 from .inspection.figure import require_matplotlib
 from .objective import DIVERGENCES, DWAKDLossOptions
+from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
+from .registry import get_method, registered_methods
 from .teacher_cache.store import STORAGE_DTYPES as CACHE_DTYPES
 
-KD_METHODS = ("dwakd", "sft", "dskd", "uld", "mined", "multilevel_ot")
-WITH_TEACHER = KD_METHODS[:1] + KD_METHODS[2:]
-WITH_PROJECTORS = ("dwakd", "dskd")
-# Fields that only some methods read; setting one for another method is refused (it would silently do nothing).
-# The teacher fields are not among them: a pair's recipe stays usable with `kd_method="sft"`, which ignores them.
-FIELD_METHODS = {
-    "ce_weight": WITH_TEACHER,
-    "kd_weight": WITH_TEACHER,
-    "kd_temperature": WITH_TEACHER,
-    "kd_divergence": WITH_PROJECTORS,
-    "kd_skew": WITH_PROJECTORS,
-    "kd_chunk_size": ("dwakd", "dskd", "sft"),
-    "projector_learning_rate": WITH_PROJECTORS,
-    **{
-        name: ("dwakd",)
-        for name in (
-            "dtw_weight",
-            "use_entropy_weighting",
-            "use_teacher_gate",
-            "student_weight_normalization",
-            "kd_warmup_steps",
-            "use_dtw",
-            "use_dtw_band",
-            "use_dtw_hidden",
-            "use_dtw_embed",
-            "dtw_gamma",
-            "dtw_gamma_end",
-            "dtw_gamma_anneal_steps",
-            "dtw_band_base",
-            "dtw_band_beta",
-            "dtw_band_alpha",
-            "dtw_band_penalty",
-            "dtw_backend",
-        )
-    },
-    "alignment_plot_steps": ("dwakd",),
-    "uld_top_k": ("uld",),
-    "mined_top_k": ("mined",),
-    "mined_cache_dir": ("mined",),
-    "ot_top_k": ("multilevel_ot",),
-    "ot_log_weight": ("multilevel_ot",),
-    "ot_sinkhorn_weight": ("multilevel_ot",),
-    "ot_sinkhorn_epsilon": ("multilevel_ot",),
-    "ot_sinkhorn_iterations": ("multilevel_ot",),
-}
-# The objective's option names and the config fields that set them.
-LOSS_OPTION_FIELDS = {
-    "ce_weight": "ce_weight",
-    "kd_weight": "kd_weight",
-    "dtw_weight": "dtw_weight",
-    "temperature": "kd_temperature",
-    "divergence": "kd_divergence",
-    "skew": "kd_skew",
-    "entropy_weighting": "use_entropy_weighting",
-    "teacher_gate": "use_teacher_gate",
-    "student_weight_normalization": "student_weight_normalization",
-    "dtw": "use_dtw",
-    "dtw_band": "use_dtw_band",
-    "dtw_hidden": "use_dtw_hidden",
-    "dtw_embed": "use_dtw_embed",
-    "gamma": "dtw_gamma",
-    "band_base": "dtw_band_base",
-    "band_beta": "dtw_band_beta",
-    "band_alpha": "dtw_band_alpha",
-    "band_penalty": "dtw_band_penalty",
-    "chunk_size": "kd_chunk_size",
-    "dtw_backend": "dtw_backend",
-}
+KD_METHODS = tuple(registered_methods())  # the built-in methods; `registry.py` adds more
+DEFAULT_CE_WEIGHT = 0.5  # every method's but dskd's, whose ce_weight follows kd_weight
 
 
 @dataclass
@@ -99,15 +34,19 @@ class DWAKDConfig(SFTConfig):
             `float32`, `bfloat16`, `float16`.
 
     Objective:
-        kd_method (`str`, defaults to `"dwakd"`): the distillation objective, one of `KD_METHODS`: `dwakd`, or a
-            baseline of docs/method.md, Baselines (`sft` needs no teacher). Baselines train
-            `ce_weight * CE + kd_weight * KD` (for `dskd` that is DSKD's `(1 - kd_rate) CE + kd_rate KD` with the
-            default 0.5 / 0.5).
+        kd_method (`str`, defaults to `"dwakd"`): the distillation objective, a method of the registry
+            (`registry.py`): `dwakd`, or a baseline of docs/method.md, Baselines (`sft` needs no teacher).
+            Baselines train `ce_weight * CE + kd_weight * KD`.
         max_prompt_length (`int`, defaults to `256`): prompt tokens kept on each side (`max_length` defaults to 512).
         ce_weight, kd_weight, dtw_weight (`float`, defaults to `0.5`, `0.5`, `0.2`): weights of the student
-            cross-entropy, the weighted dual-space KD and the Soft-DTW alignment.
+            cross-entropy, the weighted dual-space KD and the Soft-DTW alignment. For `dskd`, an unset
+            `ce_weight` is `1 - kd_weight` (DSKD's `(1 - kd_rate) CE + kd_rate KD`), and a pair set by the user
+            must sum to 1.
         kd_temperature (`float`, defaults to `2.0`): temperature inside every KL term.
-        kd_divergence (`str`, defaults to `"forward_kl"`): one of `DIVERGENCES`, used in both spaces.
+        kd_divergence (`str`, defaults to `"forward_kl"`): one of `DIVERGENCES`, used in the student space.
+        kd_teacher_divergence (`str`, *optional*): the teacher space's divergence; unset, `kd_divergence` for
+            `dwakd` and forward KL for `dskd`. The released DWA-KD/DSKD scripts keep forward KL in the teacher
+            space: `kd_divergence: skewed_reverse_kl` with `kd_teacher_divergence: forward_kl` reproduces them.
         kd_skew (`float`, defaults to `0.1`): mixture weight of the skewed divergences.
         use_entropy_weighting, use_teacher_gate (`bool`, default `True`): ablation switches of the token weights.
         student_weight_normalization (`str`, defaults to `"product"`): `"product"` normalises H_s * g per sequence;
@@ -139,7 +78,8 @@ class DWAKDConfig(SFTConfig):
         default=512, metadata={"help": "Maximum tokens of prompt + response on each side (paper: 512)."}
     )
     max_prompt_length: int = field(
-        default=256, metadata={"help": "Maximum prompt tokens on each side; longer prompts are truncated (paper: 256)."}
+        default=256,
+        metadata={"help": "Maximum prompt tokens on each side; longer prompts are truncated (paper: 256)."},
     )
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local path of the teacher model."}
@@ -159,13 +99,31 @@ class DWAKDConfig(SFTConfig):
         default="float32",
         metadata={"help": f"dtype the teacher cache stores its states in, one of {tuple(CACHE_DTYPES)}."},
     )
-    kd_method: str = field(default="dwakd", metadata={"help": f"Distillation objective, one of {KD_METHODS}."})
-    ce_weight: float = field(default=0.5, metadata={"help": "Weight of the student cross-entropy (lambda_ce)."})
+    kd_method: str = field(
+        default="dwakd", metadata={"help": f"Distillation objective, one of {KD_METHODS} (see registry.py)."}
+    )
+    ce_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the student cross-entropy (lambda_ce). Unset: 0.5, except for dskd, where it is "
+            "1 - kd_weight (DSKD's (1 - kd_rate) CE + kd_rate KD); dskd refuses a pair that does not sum to 1."
+        },
+    )
     kd_weight: float = field(default=0.5, metadata={"help": "Weight of the weighted dual-space KD (lambda_kd)."})
     dtw_weight: float = field(default=0.2, metadata={"help": "Weight of the Soft-DTW alignment (lambda_dtw)."})
     kd_temperature: float = field(default=2.0, metadata={"help": "Temperature tau inside every KL term."})
     kd_divergence: str = field(
-        default="forward_kl", metadata={"help": f"Divergence of both KD spaces, one of {tuple(DIVERGENCES)}."}
+        default="forward_kl",
+        metadata={
+            "help": f"Divergence of the student KD space (and by default the teacher's), one of {tuple(DIVERGENCES)}."
+        },
+    )
+    kd_teacher_divergence: str | None = field(
+        default=None,
+        metadata={
+            "help": "Divergence of the teacher KD space. Unset: kd_divergence for dwakd, forward_kl for dskd (as "
+            "DSKD's code). The released DWA-KD and DSKD scripts keep forward_kl here whatever kd_divergence is."
+        },
     )
     kd_skew: float = field(default=0.1, metadata={"help": "Mixture weight of the skewed divergences, in (0, 1)."})
     use_entropy_weighting: bool = field(
@@ -239,9 +197,19 @@ class DWAKDConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self._check_choice("kd_method", KD_METHODS)
-        self._check_choice("teacher_cache_dtype", tuple(CACHE_DTYPES))
-        self._check_fields_belong_to_method()
+        method = get_method(self.kd_method)
+        self._check_fields_belong_to(method)
+        for name, value in (method.defaults(self) if method.defaults is not None else {}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.ce_weight is None:
+            self.ce_weight = DEFAULT_CE_WEIGHT
+        if method.check is not None:
+            method.check(self)
+        if self.teacher_cache_dtype not in CACHE_DTYPES:
+            raise ValueError(
+                f"`teacher_cache_dtype` must be one of {tuple(CACHE_DTYPES)}, got {self.teacher_cache_dtype!r}."
+            )
         if (self.dtw_gamma_end is None) != (self.dtw_gamma_anneal_steps == 0):
             raise ValueError(
                 "Gamma annealing needs both `dtw_gamma_end` (> 0) and `dtw_gamma_anneal_steps` (> 0); set both, or "
@@ -252,11 +220,6 @@ class DWAKDConfig(SFTConfig):
         if self.kd_warmup_steps < 0:
             raise ValueError(f"`kd_warmup_steps` must be >= 0, got {self.kd_warmup_steps}.")
         self.loss_options()  # validates every objective knob, with the errors naming this config's fields
-        if self.kd_method not in ("dwakd", "sft") and self.ce_weight + self.kd_weight == 0:
-            raise ValueError(
-                f"`ce_weight` and `kd_weight` are both 0, so kd_method={self.kd_method!r} has nothing to train: set "
-                "at least one of them > 0."
-            )
         if self.alignment_plot_steps < 0:
             raise ValueError(f"`alignment_plot_steps` must be >= 0 (0 = off), got {self.alignment_plot_steps}.")
         if self.alignment_plot_steps:
@@ -281,40 +244,50 @@ class DWAKDConfig(SFTConfig):
 
     def loss_options(self, step: int = 0) -> DWAKDLossOptions:
         """The objective's options at optimizer step `step` (gamma annealed when configured)."""
-        values = {option: getattr(self, name) for option, name in LOSS_OPTION_FIELDS.items()}
-        values["gamma"] = self.dtw_gamma_at(step)
+        # `kd_student_scale` is the one option without a field of its name: the KD warm-up's value at `step`.
+        values = {name: getattr(self, name) for name in CONFIG_OPTIONS}
+        values["dtw_gamma"] = self.dtw_gamma_at(step)
         values["kd_student_scale"] = self.kd_warmup_scale_at(step)
-        values["dtw"] = self.use_dtw and self.dtw_weight > 0
+        values["use_dtw"] = self.use_dtw and self.dtw_weight > 0
         try:
             return DWAKDLossOptions(**values)
         except ValueError as error:
-            message = re.sub(r"\b\w+\b", lambda word: LOSS_OPTION_FIELDS.get(word[0], word[0]), str(error))
-            raise ValueError(f"DWAKDConfig: {message}") from None
+            raise ValueError(f"DWAKDConfig: {error}") from None
 
-    def _check_fields_belong_to_method(self):
+    def _check_fields_belong_to(self, method):
+        """A field that only other methods read is refused when set away from its default (it would do nothing).
+
+        The teacher fields are not among them: a pair's recipe stays usable with `kd_method="sft"`, which ignores
+        them. `ce_weight` at 0.5 counts as unset: that is what it means for every method but dskd.
+        """
         defaults = {f.name: f.default for f in fields(self)}
-        for name, methods in FIELD_METHODS.items():
-            if self.kd_method not in methods and getattr(self, name) != defaults[name]:
+        owners = {}
+        for other in registered_methods().values():
+            for name in other.fields:
+                if name not in defaults:
+                    raise ValueError(f"kd_method {other.name!r} declares the field `{name}`, which DWAKDConfig lacks.")
+                owners.setdefault(name, []).append(other.name)
+        for name, methods in owners.items():
+            value = getattr(self, name)
+            unset = value == defaults[name] or (name == "ce_weight" and value == DEFAULT_CE_WEIGHT)
+            if method.name not in methods and not unset:
                 raise ValueError(
                     f"`{name}` belongs to kd_method {' / '.join(methods)} and has no effect with "
                     f"kd_method={self.kd_method!r}: remove it, or choose one of those methods."
                 )
 
-    def _check_choice(self, name, choices):
-        if getattr(self, name) not in choices:
-            raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
-
     @property
     def needs_teacher(self) -> bool:
-        return self.kd_method in WITH_TEACHER
+        return get_method(self.kd_method).needs_teacher
 
     @property
     def needs_projectors(self) -> bool:
-        return self.kd_method in WITH_PROJECTORS
+        return get_method(self.kd_method).needs_projectors
 
     @property
     def needs_embedding_projector(self) -> bool:
-        return self.kd_method == "dwakd" and self.loss_options().uses_dtw and self.use_dtw_embed
+        embedding_projector = get_method(self.kd_method).embedding_projector
+        return self.needs_projectors and embedding_projector is not None and embedding_projector(self)
 
     def kd_warmup_scale_at(self, step: int) -> float:
         """The student-space KD term's scale at optimizer step `step`: 1, or ramped from 0 over `kd_warmup_steps`."""

@@ -14,7 +14,8 @@ class DWAKDProjectors(nn.Module):
 
     def __init__(self, student_hidden_size: int, teacher_hidden_size: int, embedding_projector: bool = True):
         super().__init__()
-        for name, value in (("student_hidden_size", student_hidden_size), ("teacher_hidden_size", teacher_hidden_size)):
+        sizes = (("student_hidden_size", student_hidden_size), ("teacher_hidden_size", teacher_hidden_size))
+        for name, value in sizes:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int (the model's hidden size), got {value!r}.")
         self.student_hidden_size = student_hidden_size

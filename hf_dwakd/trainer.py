@@ -20,13 +20,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
-from .baselines import MinEDAligner
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
 from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .projectors import DWAKDProjectors
+from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
 from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
 
@@ -41,24 +41,11 @@ DISTILLATION_COLUMNS = [
     "teacher_labels",
     "teacher_hidden",  # only in datasets joined with a teacher cache
 ]
-# Loss components normalised by `num_items_in_batch` (token sums); the other metrics are means.
-TOKEN_SUM_METRICS = {
-    "ce",
-    "kd",
-    "kd_student",
-    "kd_teacher",
-    "ce_t2s",
-    "dtw_hidden",
-    "dtw_embed",
-    "multilevel_ot_absolute",
-    "multilevel_ot_logarithmic",
-    "multilevel_ot_sequence",
-}
 
 
 class DWAKDTrainer(SFTTrainer):
     """Distil `teacher_model` into `model` across different tokenizers with DWA-KD (arXiv 2602.21669), or with
-    one of the baselines `args.kd_method` names (`methods.py`).
+    one of the baselines `args.kd_method` names (registered in `registry.py`).
 
     Takes `SFTTrainer`'s arguments plus:
         teacher_model (`PreTrainedModel` or `str`, *optional*): the frozen teacher, or its name (default:
@@ -76,7 +63,8 @@ class DWAKDTrainer(SFTTrainer):
         "id": "2602.21669",
         "citation": textwrap.dedent("""\
             @inproceedings{vu2026dwakd,
-                title     = {{DWA-KD: Dual-Space Weighting and Time-Warped Alignment for Cross-Tokenizer Knowledge Distillation}},
+                title     = {{DWA-KD: Dual-Space Weighting and Time-Warped Alignment for Cross-Tokenizer Knowledge
+                             Distillation}},
                 author    = {Vu and Chi and Van and Ngo Van and Dinh and Le},
                 booktitle = {Findings of the Association for Computational Linguistics: EACL 2026},
                 year      = 2026,
@@ -105,7 +93,9 @@ class DWAKDTrainer(SFTTrainer):
             name = model if isinstance(model, str) else model.config._name_or_path
             args = DWAKDConfig(f"{str(name).split('/')[-1]}-DWAKD")
         elif not isinstance(args, DWAKDConfig):
-            raise TypeError(f"`args` must be a DWAKDConfig, got {type(args).__name__}: build one with DWAKDConfig(...).")
+            raise TypeError(
+                f"`args` must be a DWAKDConfig, got {type(args).__name__}: build one with DWAKDConfig(...)."
+            )
         if train_dataset is None:
             raise ValueError("`train_dataset` is required.")
 
@@ -199,9 +189,10 @@ class DWAKDTrainer(SFTTrainer):
                 self.teacher_model = self._prepare_teacher(teacher_model)
         if args.needs_projectors:
             self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
+        self.distillation_method = get_method(args.kd_method)
         self.aligner = None
-        if args.kd_method == "mined":  # the vocabulary map is built once per tokenizer pair and cached on disk
-            self.aligner = MinEDAligner(student_tokenizer, teacher_tokenizer, args.mined_cache_dir)
+        if self.distillation_method.build_aligner is not None:
+            self.aligner = self.distillation_method.build_aligner(args, student_tokenizer, teacher_tokenizer)
         if args.alignment_plot_steps:
             self.add_callback(AlignmentPlotCallback(self))
 
@@ -388,7 +379,7 @@ class DWAKDTrainer(SFTTrainer):
         scales = []
         for key in metrics:
             scale = 1
-            if key in TOKEN_SUM_METRICS and token_sum_scale is not None:
+            if key in self.distillation_method.token_sum_metrics and token_sum_scale is not None:
                 scale = token_sum_scale * (self.current_gradient_accumulation_steps if mode == "train" else 1)
             scales.append(scale)
         values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()])

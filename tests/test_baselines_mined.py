@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from testing_utils import logits_side
 
 from hf_dwakd.baselines import MinEDAligner, mined_loss, mined_vocab
 from hf_dwakd.baselines.edit_distance import align_sequences, nearest_strings
 from hf_dwakd.baselines.mined import project_teacher_logits
 from hf_dwakd.baselines.token_text import token_texts
 from hf_dwakd.objective.outputs import IGNORE_INDEX
+
+from testing_utils import logits_side
 
 P = IGNORE_INDEX
 

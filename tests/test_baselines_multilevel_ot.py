@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from testing_utils import logits_side
 
 from hf_dwakd.baselines import multilevel_ot_loss
 from hf_dwakd.baselines.multilevel_ot import sinkhorn_plan
 from hf_dwakd.objective.outputs import IGNORE_INDEX
+
+from testing_utils import logits_side
 
 P = IGNORE_INDEX
 OPTIONS = dict(
@@ -96,7 +97,8 @@ def test_an_example_without_teacher_response_adds_nothing():
 
 
 def test_gradient_reaches_the_student_response_logits_only():
-    student, teacher = logits_side(torch.randn(1, 6, 6), STUDENT_LABELS), logits_side(torch.randn(1, 5, 5), TEACHER_LABELS)
+    student = logits_side(torch.randn(1, 6, 6), STUDENT_LABELS)
+    teacher = logits_side(torch.randn(1, 5, 5), TEACHER_LABELS)
     kd, _ = multilevel_ot_loss(student, teacher, **OPTIONS)
     kd.backward()
     per_position = student.logits.grad.abs().sum(dim=-1)[0]
@@ -106,7 +108,8 @@ def test_gradient_reaches_the_student_response_logits_only():
 
 
 def test_bad_options_are_refused():
-    student, teacher = logits_side(torch.randn(1, 6, 6), STUDENT_LABELS), logits_side(torch.randn(1, 5, 5), TEACHER_LABELS)
+    student = logits_side(torch.randn(1, 6, 6), STUDENT_LABELS)
+    teacher = logits_side(torch.randn(1, 5, 5), TEACHER_LABELS)
     with pytest.raises(ValueError, match="top_k"):
         multilevel_ot_loss(student, teacher, top_k=0)
     with pytest.raises(ValueError, match="sinkhorn_epsilon"):

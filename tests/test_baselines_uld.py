@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
-from testing_utils import logits_side
 
 from hf_dwakd.baselines import uld_loss
 from hf_dwakd.objective.outputs import IGNORE_INDEX
+
+from testing_utils import logits_side
 
 P = IGNORE_INDEX
 

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from trl import ModelConfig, SFTConfig
 
 from hf_dwakd import cli
 from hf_dwakd.config import DWAKDConfig
 from hf_dwakd.evaluation import alpaca_prompt
+from hf_dwakd.scripts import train as train_script
 
 from testing_utils import load_tokenizer, tiny_causal_lm
 
@@ -73,16 +74,17 @@ def help_text(capsys, argv):
 
 def test_train_help_lists_every_field_with_its_help_text(capsys):
     text = help_text(capsys, ["train", "--help"])
-    for dataclass_type in (cli.TrainScriptArguments, DWAKDConfig, ModelConfig):
+    for dataclass_type in (train_script.TrainScriptArguments, DWAKDConfig, ModelConfig):
         for field in dataclasses.fields(dataclass_type):
             if field.init:
                 assert f"--{field.name} " in text, field.name
     inherited = {field.name for field in dataclasses.fields(SFTConfig)}
     own_fields = [field for field in dataclasses.fields(DWAKDConfig) if field.name not in inherited]
-    own_fields += dataclasses.fields(cli.TrainScriptArguments)[-3:]
+    own_fields += dataclasses.fields(train_script.TrainScriptArguments)[-3:]
     assert len(own_fields) > 30
     for field in own_fields:
-        assert " ".join(field.metadata["help"].split()) in text, field.name
+        # argparse wraps lines at spaces and after hyphens, so compare without whitespace.
+        assert "".join(field.metadata["help"].split()) in "".join(text.split()), field.name
     assert "--config" in text
 
 
@@ -91,6 +93,20 @@ def test_top_level_help_and_evaluate_dispatch(capsys):
     assert "train" in top and "evaluate" in top
     evaluate = help_text(capsys, ["evaluate", "--help"])
     assert "--benchmarks" in evaluate and "--seeds" in evaluate
+
+
+def test_a_command_is_one_entry_of_the_table(monkeypatch):
+    received = []
+    monkeypatch.setitem(sys.modules, "hello_command", type(sys)("hello_command"))
+    sys.modules["hello_command"].run = received.append
+    monkeypatch.setitem(cli.COMMANDS, "hello", ("hello_command:run", "say hello"))
+    cli.main(["hello", "--name", "x"])
+    assert received == [["--name", "x"]]
+
+
+def test_train_and_evaluate_name_the_model_alike(capsys):
+    for command in ("train", "evaluate"):
+        assert "--model_name_or_path " in help_text(capsys, [command, "--help"])
 
 
 def test_module_entry_point_runs():
@@ -119,7 +135,8 @@ def test_recipe_and_flags_fill_the_three_dataclasses(base, tmp_path, monkeypatch
         teacher_model_init_kwargs={"dtype": "bfloat16"},
     )
     monkeypatch.delenv("DWAKD_TEST_VARIABLE", raising=False)
-    script_args, training_args, model_args = cli.parse_train_arguments(["--config", recipe, "--dtw_gamma", "3.0"])
+    argv = ["--config", recipe, "--dtw_gamma", "3.0"]
+    script_args, training_args, model_args = train_script.parse_train_arguments(argv)
     assert script_args.dataset_files == base["dataset_files"]
     assert training_args.learning_rate == 5e-4 and training_args.num_train_epochs == 20
     assert training_args.lr_scheduler_type.value == "cosine"
@@ -148,7 +165,7 @@ BAD_RECIPES = [
 def test_bad_recipe_key_or_value_names_key_and_file(base, tmp_path, fields, message):
     recipe = write_recipe(tmp_path / "bad.yaml", **{**base, **fields})
     with pytest.raises(ValueError) as error:
-        cli.parse_train_arguments(["--config", recipe])
+        train_script.parse_train_arguments(["--config", recipe])
     assert message in str(error.value) and recipe in str(error.value)
 
 
@@ -170,14 +187,14 @@ def test_missing_or_bad_field_or_path_is_named(base, tmp_path, field, value, mes
     fields = {**base, field: value}
     recipe = write_recipe(tmp_path / "recipe.yaml", **{k: v for k, v in fields.items() if v is not None})
     with pytest.raises((ValueError, FileNotFoundError)) as error:
-        cli.parse_train_arguments(["--config", recipe])
+        train_script.parse_train_arguments(["--config", recipe])
     assert message in str(error.value)
 
 
 def test_sft_needs_no_teacher(base, tmp_path):
     fields = {k: v for k, v in base.items() if k != "teacher_model_name_or_path"}
     recipe = write_recipe(tmp_path / "recipe.yaml", **fields, kd_method="sft")
-    _, training_args, _ = cli.parse_train_arguments(["--config", recipe])
+    _, training_args, _ = train_script.parse_train_arguments(["--config", recipe])
     assert training_args.kd_method == "sft"
 
 
@@ -195,37 +212,37 @@ def test_bad_dataset_files(base, tmp_path, files, message):
         (tmp_path / "data" / "train.jsonl.txt").write_text("x")
     recipe = write_recipe(tmp_path / "r.yaml", **{**base, "dataset_files": [f.format(train=train) for f in files]})
     with pytest.raises(ValueError) as error:
-        cli.parse_train_arguments(["--config", recipe])
+        train_script.parse_train_arguments(["--config", recipe])
     assert message in str(error.value)
 
 
 def test_recipe_file_problems(tmp_path):
     with pytest.raises(FileNotFoundError, match="Recipe file .*missing.yaml does not exist"):
-        cli.parse_train_arguments(["--config", str(tmp_path / "missing.yaml")])
+        train_script.parse_train_arguments(["--config", str(tmp_path / "missing.yaml")])
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="must be a YAML mapping"):
-        cli.parse_train_arguments(["--config", str(listing)])
+        train_script.parse_train_arguments(["--config", str(listing)])
     broken = tmp_path / "broken.yaml"
     broken.write_text("learning_rate: [1\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
-        cli.parse_train_arguments(["--config", str(broken)])
+        train_script.parse_train_arguments(["--config", str(broken)])
 
 
 def test_rouge_selection_needs_evaluation_and_the_dev_file(base, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", **base, rouge_selection_data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="dolly/dev.jsonl does not exist"):
-        cli.parse_train_arguments(["--config", recipe])
+        train_script.parse_train_arguments(["--config", recipe])
     write_jsonl(tmp_path / "dolly" / "dev.jsonl", DSKD_ROWS)
     with pytest.raises(ValueError, match="`eval_strategy` is 'no'"):
-        cli.parse_train_arguments(["--config", recipe])
+        train_script.parse_train_arguments(["--config", recipe])
 
 
 def test_main_refuses_before_loading_any_model(base, tmp_path, monkeypatch, capsys):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was about to be loaded")
 
-    monkeypatch.setattr(cli, "build_trainer", no_model)
+    monkeypatch.setattr(train_script, "build_trainer", no_model)
     bad_key = write_recipe(tmp_path / "a.yaml", **base, kd_weigth=0.5)
     bad_split = write_recipe(tmp_path / "b.yaml", **base, eval_strategy="steps", dataset_test_split="test")
     for recipe, message in ((bad_key, "unknown key `kd_weigth`"), (bad_split, "has no 'test' split")):
@@ -243,8 +260,8 @@ def test_databricks_dolly_rows_get_the_paper_template(base, tmp_path):
     ]
     dolly = write_jsonl(tmp_path / "dolly15k.jsonl", rows)
     recipe = write_recipe(tmp_path / "r.yaml", **{**base, "dataset_files": [str(dolly)]})
-    script_args, training_args, _ = cli.parse_train_arguments(["--config", recipe])
-    train, evaluation, selection = cli.load_train_datasets(script_args, training_args)
+    script_args, training_args, _ = train_script.parse_train_arguments(["--config", recipe])
+    train, evaluation, selection = train_script.load_train_datasets(script_args, training_args)
     assert train.column_names == ["prompt", "completion"]
     assert train[0] == {"prompt": alpaca_prompt("Summarise this.", "A long text."), "completion": "Short."}
     assert "### Input:" not in train[1]["prompt"] and train[1]["prompt"].endswith("### Response:\n")
@@ -256,8 +273,8 @@ def test_rouge_selection_evaluates_on_the_first_half_of_dolly_dev(base, tmp_path
     recipe = write_recipe(
         tmp_path / "r.yaml", **base, rouge_selection_data_dir=str(tmp_path / "sel"), eval_strategy="epoch"
     )
-    script_args, training_args, _ = cli.parse_train_arguments(["--config", recipe])
-    train, evaluation, selection = cli.load_train_datasets(script_args, training_args)
+    script_args, training_args, _ = train_script.parse_train_arguments(["--config", recipe])
+    train, evaluation, selection = train_script.load_train_datasets(script_args, training_args)
     assert len(train) == len(DSKD_ROWS)
     assert [example.prompt for example in selection] == [row["prompt"] for row in DSKD_ROWS[:3]]
     assert evaluation.to_list() == [{"prompt": row["prompt"], "output": row["output"]} for row in DSKD_ROWS[:3]]

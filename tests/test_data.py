@@ -6,9 +6,10 @@ import warnings
 import datasets
 import pytest
 import torch
-from testing_utils import DATA, load_tokenizer
 
 from hf_dwakd.data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+
+from testing_utils import DATA, load_tokenizer
 
 SIDES = ("", "teacher_")
 
@@ -300,7 +301,8 @@ def test_collator_right_pads_each_side_to_its_own_width():
         {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7],
          "teacher_input_ids": [1, 8], "teacher_attention_mask": [1, 1], "teacher_labels": [-100, 8]},
         {"input_ids": [9], "attention_mask": [1], "labels": [9],
-         "teacher_input_ids": [1, 2, 3, 4, 5], "teacher_attention_mask": [1] * 5, "teacher_labels": [-100, 2, 3, 4, 5]},
+         "teacher_input_ids": [1, 2, 3, 4, 5], "teacher_attention_mask": [1] * 5,
+         "teacher_labels": [-100, 2, 3, 4, 5]},
     ]
     batch = DistillationCollator(student_pad_token_id=0, teacher_pad_token_id=2)(rows)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0]]

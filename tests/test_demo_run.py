@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import pytest
-from testing_utils import load_tokenizer, tiny_causal_lm
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import get_peft_config
 
 from hf_dwakd.demo import run
+
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_cpu.yaml"
 

@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from testing_utils import DATA, SHARED_DATA, requires_shared_data
 from hf_dwakd.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkSource,
@@ -17,6 +16,8 @@ from hf_dwakd.evaluation.benchmarks import (
     load_records_with_datasets,
     parse_benchmark_names,
 )
+
+from testing_utils import DATA, SHARED_DATA, requires_shared_data
 
 # The two templates exactly as docs/method.md (Evaluation protocol) and ../shared/data/NOTICE.md state them.
 WITH_INPUT = (

@@ -9,11 +9,12 @@ from rouge_score import rouge_scorer
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
-from testing_utils import tiny_causal_lm
 from hf_dwakd.evaluation import callback as callback_module
 from hf_dwakd.evaluation.benchmarks import Example, alpaca_prompt
 from hf_dwakd.evaluation.callback import RougeEvalCallback
 from hf_dwakd.evaluation.generation import GenerationSettings, encode_prompts, generate_responses
+
+from testing_utils import tiny_causal_lm
 
 EXAMPLES = [
     Example(alpaca_prompt("Name a colour."), ("blue",)),

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from testing_utils import load_tokenizer, tiny_causal_lm
 from hf_dwakd.evaluation import runner
 from hf_dwakd.evaluation.benchmarks import alpaca_prompt
 from hf_dwakd.evaluation.command import build_parser, main
 from hf_dwakd.evaluation.report import collect_results, markdown_table
+
+from testing_utils import load_tokenizer, tiny_causal_lm
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--max_length", "40", "--max_prompt_length", "32", "--batch_size", "2"]
@@ -77,7 +78,8 @@ def independent_rouge_l(prediction, references):
 
 def test_end_to_end_writes_every_output(model_dir, data_dir, tmp_path):
     output_dir = tmp_path / "out"
-    argv = ["--model", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(output_dir), "--seeds", "2"]
+    argv = ["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(output_dir)]
+    argv += ["--seeds", "2"]
     results = main(argv + QUICK)
 
     model_out = output_dir / "tiny-gpt2"
@@ -122,8 +124,8 @@ def test_end_to_end_writes_every_output(model_dir, data_dir, tmp_path):
 def test_adapter_run_adds_a_row_to_the_shared_table(llama_dir, adapter_dir, model_dir, data_dir, tmp_path):
     output_dir = tmp_path / "out"
     common = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--seeds", "1", "--benchmarks", "vicuna"]
-    main(["--model", str(model_dir)] + common + QUICK)
-    results = main(["--model", str(llama_dir), "--adapter", str(adapter_dir)] + common + QUICK)
+    main(["--model_name_or_path", str(model_dir)] + common + QUICK)
+    results = main(["--model_name_or_path", str(llama_dir), "--adapter", str(adapter_dir)] + common + QUICK)
     assert results["name"] == "tiny-llama-lora" and results["adapter"] == str(adapter_dir)
     table = (output_dir / "results.md").read_text().splitlines()
     assert table[0] == "| Model | Vicuna | Avg |"
@@ -139,16 +141,19 @@ def generation_forbidden(monkeypatch):
     monkeypatch.setattr(runner, "generate_responses", fail)
 
 
-def test_bad_input_fails_before_generation(generation_forbidden, model_dir, llama_dir, adapter_dir, data_dir, tmp_path):
+def test_bad_input_fails_before_generation(
+    generation_forbidden, model_dir, llama_dir, adapter_dir, data_dir, tmp_path
+):
     def run(*extra, model=model_dir):
-        return main(["--model", str(model), "--data_dir", str(data_dir), "--output_dir", str(tmp_path)] + list(extra))
+        paths = ["--model_name_or_path", str(model), "--data_dir", str(data_dir), "--output_dir", str(tmp_path)]
+        return main(paths + list(extra))
 
     with pytest.raises(ValueError, match="--benchmarks: unknown benchmark"):
         run("--benchmarks", "dolly,mmlu")
     with pytest.raises(FileNotFoundError, match="vicuna/test.jsonl does not exist"):
         main(
             [
-                "--model",
+                "--model_name_or_path",
                 str(model_dir),
                 "--data_dir",
                 str(tmp_path),
@@ -166,7 +171,7 @@ def test_bad_input_fails_before_generation(generation_forbidden, model_dir, llam
         run("--adapter", str(adapter_dir))  # a LoRA for q_proj/v_proj on a GPT-2 model
     wider = tmp_path / "wider-llama"
     tiny_causal_lm(load_tokenizer("llama2"), family="llama", hidden_size=48).save_pretrained(wider)
-    with pytest.raises(ValueError, match="(?s)does not fit --model .*size mismatch"):
+    with pytest.raises(ValueError, match="(?s)does not fit --model_name_or_path .*size mismatch"):
         run("--adapter", str(adapter_dir), "--tokenizer", str(llama_dir), model=wider)
     with pytest.raises(ValueError, match="no adapter_config.json"):
         run("--adapter", str(tmp_path))
@@ -180,7 +185,7 @@ def test_bad_input_fails_before_generation(generation_forbidden, model_dir, llam
     with pytest.raises(ValueError, match="benchmark 'vicuna': .*test.jsonl holds no examples"):
         main(
             [
-                "--model",
+                "--model_name_or_path",
                 str(model_dir),
                 "--data_dir",
                 str(tmp_path / "empty"),
@@ -196,7 +201,8 @@ def test_bad_input_fails_before_generation(generation_forbidden, model_dir, llam
 def test_table_marks_missing_benchmarks_and_skips_foreign_json(tmp_path):
     full = {"mean": 20.0, "std": 1.0}
     write_jsonl(
-        tmp_path / "a" / "results.json", [{"name": "a", "benchmarks": {"dolly": full, "vicuna": full}, "average": 20.0}]
+        tmp_path / "a" / "results.json",
+        [{"name": "a", "benchmarks": {"dolly": full, "vicuna": full}, "average": 20.0}],
     )
     write_jsonl(
         tmp_path / "b" / "results.json",
@@ -218,7 +224,7 @@ def test_parser_attaches_to_a_cli_subcommand():
     root = argparse.ArgumentParser(prog="hf-dwakd")
     evaluate = root.add_subparsers(dest="command").add_parser("evaluate")
     assert build_parser(evaluate) is evaluate
-    args = root.parse_args(["evaluate", "--model", "m", "--output_dir", "o"])
+    args = root.parse_args(["evaluate", "--model_name_or_path", "m", "--output_dir", "o"])
     assert (args.benchmarks, args.seeds, args.max_length, args.max_prompt_length) == (
         "dolly,self-inst,vicuna,sinst",
         5,
@@ -238,7 +244,8 @@ def test_module_entry_point_shows_help(monkeypatch, capsys):
 @pytest.mark.slow
 def test_two_processes_split_the_prompts_and_gather_them_in_order(model_dir, data_dir, tmp_path):
     """`torchrun` with two CPU processes: all prompts come back in order; process 0's share is sampled as alone."""
-    common = ["--model", str(model_dir), "--data_dir", str(data_dir), "--benchmarks", "vicuna", "--seeds", "1"]
+    common = ["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir)]
+    common += ["--benchmarks", "vicuna", "--seeds", "1"]
     single = main(common + ["--output_dir", str(tmp_path / "single")] + QUICK)
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_dwakd.evaluation"]

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from testing_utils import tiny_causal_lm
 from hf_dwakd.evaluation.benchmarks import Example, alpaca_prompt
 from hf_dwakd.evaluation.generation import (
     GenerationSettings,
@@ -13,6 +12,8 @@ from hf_dwakd.evaluation.generation import (
     render_prompts,
     sampling_config,
 )
+
+from testing_utils import tiny_causal_lm
 
 SETTINGS = GenerationSettings(max_length=40, max_prompt_length=32, batch_size=2)
 PROMPTS = [alpaca_prompt("Name a colour."), alpaca_prompt("Add the numbers.", "2 and 3"), alpaca_prompt("Say hi.")]

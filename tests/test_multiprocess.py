@@ -1,7 +1,7 @@
 """Two training processes (torchrun, gloo) behave like one process with gradient accumulation 2.
 
 The test builds two tiny dropout-free models (the fixture tokenizers, GPT-2 student, Llama teacher) and a small
-DSKD-format file, then runs this file as a script: `hf_dwakd.cli`'s train pipeline in each process, which writes
+DSKD-format file, then runs this file as a script: `hf_dwakd.scripts.train`'s pipeline in each process, which writes
 its rank's projector weights and the logged history.
 """
 
@@ -112,10 +112,10 @@ def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_pat
 
 def worker(argv):
     """Train with the CLI's pipeline; write this rank's projectors, and the log history from rank 0."""
-    from hf_dwakd import cli
+    from hf_dwakd.scripts.train import build_trainer, load_train_datasets, parse_train_arguments
 
-    script_args, training_args, model_args = cli.parse_train_arguments(argv)
-    trainer = cli.build_trainer(training_args, model_args, cli.load_train_datasets(script_args, training_args))
+    script_args, training_args, model_args = parse_train_arguments(argv)
+    trainer = build_trainer(training_args, model_args, load_train_datasets(script_args, training_args))
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank = trainer.accelerator.process_index

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from testing_utils import LENGTH, make_inputs, reference_divergence
 
 from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss, gather_responses, shift_for_next_token
 from hf_dwakd.objective.alignment import embedding_alignment, hidden_alignment
@@ -13,6 +12,8 @@ from hf_dwakd.objective.attention import cross_model_attention
 from hf_dwakd.objective.dual_space import student_space, teacher_space
 from hf_dwakd.objective.weights import normalise_per_sequence, student_raw_weights, teacher_raw_weights
 from hf_dwakd.projectors import DWAKDProjectors
+
+from testing_utils import LENGTH, make_inputs, reference_divergence
 
 # ---------------------------------------------------------------------------------------------------------------
 # The reference: one example, one token, one cell at a time, in float64.
@@ -70,18 +71,19 @@ def _band_penalty(attention, options):
     penalty = torch.zeros(n, m, dtype=torch.float64)
     for i in range(n):
         row = attention[i]
-        center = options.band_alpha * sum((j + 1) * float(row[j]) for j in range(m))
-        center += (1 - options.band_alpha) * (i + 1) * m / n
-        width = options.band_base + options.band_beta * -sum(float(a) * math.log(a) for a in row if a > 0)
+        center = options.dtw_band_alpha * sum((j + 1) * float(row[j]) for j in range(m))
+        center += (1 - options.dtw_band_alpha) * (i + 1) * m / n
+        width = options.dtw_band_base + options.dtw_band_beta * -sum(float(a) * math.log(a) for a in row if a > 0)
         for j in range(m):
             if abs(j + 1 - center) > width:
-                penalty[i, j] = options.band_penalty
+                penalty[i, j] = options.dtw_band_penalty
     return penalty
 
 
 def _dtw_divergence(x, y, gamma, band=None):
     cross = _cosine_cost(x, y) + (0 if band is None else band)
-    return _soft_dtw(cross, gamma) - 0.5 * (_soft_dtw(_cosine_cost(x, x), gamma) + _soft_dtw(_cosine_cost(y, y), gamma))
+    self_terms = _soft_dtw(_cosine_cost(x, x), gamma) + _soft_dtw(_cosine_cost(y, y), gamma)
+    return _soft_dtw(cross, gamma) - 0.5 * self_terms
 
 
 def reference(student, teacher, projectors, options, num_items=None):
@@ -117,16 +119,16 @@ def reference(student, teacher, projectors, options, num_items=None):
             sums["ce_t2s"] += _cross_entropy(projected, label)
             divergences.append(
                 reference_divergence(
-                    options.divergence, logits.tolist(), projected.tolist(), options.temperature, options.skew
+                    options.kd_divergence, logits.tolist(), projected.tolist(), options.kd_temperature, options.kd_skew
                 )
             )
             entropy = _entropy(logits[: student.vocab_size])
             gate = float(_softmax(projected[: student.vocab_size]).max())
-            raw.append(entropy * gate if options.teacher_gate else entropy)
+            raw.append(entropy * gate if options.use_teacher_gate else entropy)
             entropies.append(entropy)
-            gates.append(gate if options.teacher_gate else 1.0)
+            gates.append(gate if options.use_teacher_gate else 1.0)
             t2s_correct.append(int(projected.argmax()) == label)
-        if not options.entropy_weighting:
+        if not options.use_entropy_weighting:
             weights = [1.0] * n
         elif options.student_weight_normalization == "entropy":  # normalise H_s, then times the raw gate
             weights = [weight * gate for weight, gate in zip(_normalise(entropies), gates)]
@@ -142,20 +144,24 @@ def reference(student, teacher, projectors, options, num_items=None):
             projected = t_head @ sum(a_s2t[j, i] * value_s2t[i] for i in range(n))
             divergences.append(
                 reference_divergence(
-                    options.divergence, projected.tolist(), logits.tolist(), options.temperature, options.skew
+                    options.kd_teacher_divergence or options.kd_divergence,
+                    projected.tolist(),
+                    logits.tolist(),
+                    options.kd_temperature,
+                    options.kd_skew,
                 )
             )
             raw.append(min(1.0, max(0.0, 1 - _entropy(logits[: teacher.vocab_size]) / math.log(teacher.vocab_size))))
             s2t_correct.append(int(projected.argmax()) == label)
-        weights = _normalise(raw) if options.entropy_weighting else [1.0] * m
+        weights = _normalise(raw) if options.use_entropy_weighting else [1.0] * m
         sums["kd_teacher"] += sum(w * d for w, d in zip(weights, divergences))
         raw_teacher += raw
 
-        band = _band_penalty(a_t2s, options) if options.dtw_band else None
+        band = _band_penalty(a_t2s, options) if options.use_dtw_band else None
         projected_hidden = _linear(projectors.t2s, _normalised(t_hidden))
-        sums["dtw_hidden"] += _dtw_divergence(s_hidden, projected_hidden, options.gamma, band)
+        sums["dtw_hidden"] += _dtw_divergence(s_hidden, projected_hidden, options.dtw_gamma, band)
         projected_embeds = _linear(projectors.embed_t2s, t_target)
-        sums["dtw_embed"] += _dtw_divergence(s_target, projected_embeds, options.gamma, band)
+        sums["dtw_embed"] += _dtw_divergence(s_target, projected_embeds, options.dtw_gamma, band)
 
     num_items = num_items or len(t2s_correct)
     components = {name: value / num_items for name, value in sums.items()}
@@ -165,8 +171,8 @@ def reference(student, teacher, projectors, options, num_items=None):
         kd_student=options.kd_weight > 0,
         kd_teacher=options.kd_weight > 0,
         ce_t2s=options.kd_weight > 0,
-        dtw_hidden=options.dtw and options.dtw_weight > 0 and options.dtw_hidden,
-        dtw_embed=options.dtw and options.dtw_weight > 0 and options.dtw_embed,
+        dtw_hidden=options.use_dtw and options.dtw_weight > 0 and options.use_dtw_hidden,
+        dtw_embed=options.use_dtw and options.dtw_weight > 0 and options.use_dtw_embed,
     )
     components = {name: value for name, value in components.items() if on[name]}
     weight_of["kd_student"] = options.kd_weight * options.kd_student_scale
@@ -174,7 +180,7 @@ def reference(student, teacher, projectors, options, num_items=None):
     if options.kd_weight > 0:
         components["t2s_acc"] = sum(t2s_correct) / len(t2s_correct)
         components["s2t_acc"] = sum(s2t_correct) / len(s2t_correct)
-        if options.entropy_weighting:
+        if options.use_entropy_weighting:
             components["weight_student"] = sum(raw_student) / len(raw_student)
             components["weight_teacher"] = sum(raw_teacher) / len(raw_teacher)
     return total, components
@@ -204,21 +210,32 @@ def test_every_term_and_the_total_match_the_reference():
     "divergence", ["reverse_kl", "skewed_forward_kl", "skewed_reverse_kl", "js", "adaptive_kl"]
 )
 def test_each_divergence_option_in_both_spaces(divergence):
-    assert_matches_reference(*make_inputs(seed=3), DWAKDLossOptions(divergence=divergence, temperature=1.5))
+    assert_matches_reference(*make_inputs(seed=3), DWAKDLossOptions(kd_divergence=divergence, kd_temperature=1.5))
+
+
+def test_the_teacher_divergence_changes_only_the_teacher_space_term():
+    # The released scripts' setting: SRKL in the student space, forward KL in the teacher space.
+    options = DWAKDLossOptions(kd_divergence="skewed_reverse_kl", kd_teacher_divergence="forward_kl")
+    _, mixed = assert_matches_reference(*make_inputs(seed=3), options)
+    _, student_rule = dwakd_loss(*make_inputs(seed=3), DWAKDLossOptions(kd_divergence="skewed_reverse_kl"))
+    _, teacher_rule = dwakd_loss(*make_inputs(seed=3), DWAKDLossOptions(kd_divergence="forward_kl"))
+    assert mixed["kd_teacher"] == teacher_rule["kd_teacher"] != student_rule["kd_teacher"]
+    for name in set(mixed) - {"kd_teacher"}:
+        assert torch.equal(mixed[name], student_rule[name]), name
 
 
 @pytest.mark.parametrize(
     "switches",
     [
-        dict(entropy_weighting=False),
-        dict(teacher_gate=False),
+        dict(use_entropy_weighting=False),
+        dict(use_teacher_gate=False),
         dict(student_weight_normalization="entropy"),
-        dict(student_weight_normalization="entropy", teacher_gate=False),
+        dict(student_weight_normalization="entropy", use_teacher_gate=False),
         dict(kd_student_scale=0.25),
-        dict(dtw_band=False),
-        dict(dtw_hidden=False),
-        dict(dtw_embed=False),
-        dict(dtw=False),
+        dict(use_dtw_band=False),
+        dict(use_dtw_hidden=False),
+        dict(use_dtw_embed=False),
+        dict(use_dtw=False),
         dict(kd_weight=0.0),
         dict(ce_weight=0.0, dtw_weight=1.0),
     ],
@@ -232,9 +249,9 @@ def test_the_band_penalises_cells_far_from_the_attention_centre():
     student, teacher, projectors = make_inputs(seed=5)
     with torch.no_grad():
         projectors.query.weight.mul_(4)  # a peaked attention: narrow bands
-    narrow = DWAKDLossOptions(band_base=1.0, band_beta=0.5, band_penalty=2.0)
+    narrow = DWAKDLossOptions(dtw_band_base=1.0, dtw_band_beta=0.5, dtw_band_penalty=2.0)
     _, banded = assert_matches_reference(student, teacher, projectors, narrow)
-    _, free = dwakd_loss(student, teacher, projectors, dataclasses.replace(narrow, dtw_band=False))
+    _, free = dwakd_loss(student, teacher, projectors, dataclasses.replace(narrow, use_dtw_band=False))
     assert banded["dtw_hidden"] > free["dtw_hidden"] and banded["dtw_embed"] > free["dtw_embed"]
 
 
@@ -295,7 +312,7 @@ def test_chunked_equals_unchunked(chunk_size, divergence):
     inputs = [student.logits, student.hidden, student.target_embeds, *projectors.parameters()]
     results = []
     for size in (None, chunk_size):
-        options = DWAKDLossOptions(divergence=divergence, chunk_size=size)
+        options = DWAKDLossOptions(kd_divergence=divergence, kd_chunk_size=size)
         loss, logged = dwakd_loss(student, teacher, projectors, options)
         results.append((loss, logged, torch.autograd.grad(loss, inputs)))
     (loss, logged, grads), (chunked_loss, chunked_logged, chunked_grads) = results
@@ -402,7 +419,7 @@ def test_embedding_term_alone_trains_the_student_embedding_layer():
     student = shift_for_next_token(
         extend(student.logits), extend(student.hidden), embedding(ids), labels, student.lm_head_weight, 50
     )
-    options = DWAKDLossOptions(ce_weight=0.0, kd_weight=0.0, dtw_hidden=False)
+    options = DWAKDLossOptions(ce_weight=0.0, kd_weight=0.0, use_dtw_hidden=False)
     loss, logged = dwakd_loss(student, teacher, projectors, options)
     assert set(logged) == {"dtw_embed"}
     loss.backward()
@@ -448,7 +465,8 @@ def _scramble_outside_responses(side, seed):
     for name in ("logits", "hidden", "input_embeds", "target_embeds"):
         value = getattr(side, name).detach().clone()
         noise = 100 * torch.randn(value.shape, generator=generator)
-        changed[name] = torch.where(outside[:, :, None], noise, value).requires_grad_(getattr(side, name).requires_grad)
+        requires_grad = getattr(side, name).requires_grad
+        changed[name] = torch.where(outside[:, :, None], noise, value).requires_grad_(requires_grad)
     return dataclasses.replace(side, **changed)
 
 
@@ -519,7 +537,7 @@ def test_a_student_identical_to_the_teacher(student_tokenizer):
 def test_bf16_inputs_give_finite_values_and_gradients(projector_dtype, chunk_size):
     student, teacher, projectors = make_inputs(seed=13, dtype=torch.bfloat16)
     projectors.to(projector_dtype)
-    loss, logged = dwakd_loss(student, teacher, projectors, DWAKDLossOptions(chunk_size=chunk_size))
+    loss, logged = dwakd_loss(student, teacher, projectors, DWAKDLossOptions(kd_chunk_size=chunk_size))
     assert torch.isfinite(loss) and all(torch.isfinite(value) for value in logged.values())
     loss.backward()
     for tensor in (student.logits, student.hidden, student.target_embeds, *projectors.parameters()):
@@ -547,17 +565,18 @@ def test_under_bf16_autocast_the_loss_stays_close_to_float32():
     "fields, message",
     [
         (dict(ce_weight=-1.0), "ce_weight must be >= 0"),
-        (dict(ce_weight=0.0, kd_weight=0.0, dtw=False), "every term is off"),
-        (dict(temperature=0.0), "temperature must be > 0"),
-        (dict(gamma=-1.0), "gamma must be > 0"),
-        (dict(divergence="kl"), "divergence='kl' is unknown"),
-        (dict(skew=1.0), "skew must lie strictly between 0 and 1"),
-        (dict(band_alpha=1.5), "band_alpha must lie in"),
-        (dict(band_base=-1.0), "band_base must be >= 0"),
-        (dict(chunk_size=0), "chunk_size must be None"),
+        (dict(ce_weight=0.0, kd_weight=0.0, use_dtw=False), "every term is off"),
+        (dict(kd_temperature=0.0), "kd_temperature must be > 0"),
+        (dict(dtw_gamma=-1.0), "dtw_gamma must be > 0"),
+        (dict(kd_divergence="kl"), "kd_divergence='kl' is unknown"),
+        (dict(kd_teacher_divergence="gamma"), "kd_teacher_divergence='gamma' is unknown"),
+        (dict(kd_skew=1.0), "kd_skew must lie strictly between 0 and 1"),
+        (dict(dtw_band_alpha=1.5), "dtw_band_alpha must lie in"),
+        (dict(dtw_band_base=-1.0), "dtw_band_base must be >= 0"),
+        (dict(kd_chunk_size=0), "kd_chunk_size must be None"),
         (dict(dtw_backend="cuda"), "dtw_backend='cuda' is unknown"),
-        (dict(dtw_hidden=False, dtw_embed=False), "set dtw=False"),
-        (dict(dtw_band="yes"), "dtw_band must be True or False"),
+        (dict(use_dtw_hidden=False, use_dtw_embed=False), "set use_dtw=False"),
+        (dict(use_dtw_band="yes"), "use_dtw_band must be True or False"),
         (dict(kd_weight=float("nan")), "kd_weight must be finite"),
     ],
 )

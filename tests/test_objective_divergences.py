@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from testing_utils import reference_divergence
 
 from hf_dwakd.objective.divergences import DIVERGENCES, divergence
+
+from testing_utils import reference_divergence
 
 NAMES = sorted(DIVERGENCES)
 

@@ -4,13 +4,14 @@ import math
 
 import pytest
 import torch
-from testing_utils import make_inputs
 
 from hf_dwakd.objective import DWAKDLossOptions, cross_model_attention, gather_responses
 from hf_dwakd.objective.divergences import DIVERGENCES, LOG_FLOOR, divergence, floored
 from hf_dwakd.objective.dual_space import predicts, student_cross_entropy, student_space
 from hf_dwakd.objective.responses import gather_rows
 from hf_dwakd.objective.weights import entropy, max_probability, vocabulary_log_probs
+
+from testing_utils import make_inputs
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))
@@ -75,7 +76,7 @@ def test_entropy_and_gate_over_the_vocabulary_columns(width, vocab_size):
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_the_student_cross_entropy_comes_from_the_student_space_pass(chunk_size):
     student, teacher, projectors = make_inputs(seed=12)
-    options = DWAKDLossOptions(chunk_size=chunk_size)
+    options = DWAKDLossOptions(kd_chunk_size=chunk_size)
     student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
     attention = cross_model_attention(student_responses, teacher_responses, projectors)
     t2s_hidden = attention.t2s_hidden[student_responses.valid]

@@ -13,7 +13,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from peft import LoraConfig
 from trl import get_peft_config
 
-from hf_dwakd.cli import parse_train_arguments
+from hf_dwakd.scripts.train import parse_train_arguments
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ACCELERATE = RECIPES / "accelerate"

@@ -134,7 +134,7 @@ def test_bfloat16_cache_stays_close_to_the_live_teacher(tmp_path, folders):
     cached = trainer(tmp_path / "cached", folders, teacher_cache_dir=str(tmp_path / "cache"))
     live.train()
     cached.train()
-    differences = [relative_difference(c, l) for c, l in zip(cached.losses, live.losses)]
+    differences = [relative_difference(c, ref) for c, ref in zip(cached.losses, live.losses)]
     print(f"bfloat16 cache: relative loss differences over 3 steps {differences}")
     assert max(differences) < 1e-2
 
@@ -298,6 +298,7 @@ def test_collator_pads_cached_states():
 
 def test_cache_teacher_command_builds_what_train_reads(tmp_path, folders):
     from hf_dwakd import cli
+    from hf_dwakd.scripts import train as train_script
 
     with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps({"prompt": row["prompt"], "output": row["completion"]}) + "\n" for row in ROWS)
@@ -320,8 +321,9 @@ def test_cache_teacher_command_builds_what_train_reads(tmp_path, folders):
     assert metadata["dtype"] == "float16" and list(metadata["splits"]) == ["train"]
     assert metadata["splits"]["train"]["rows"] == len(ROWS)
 
-    script_args, training_args, model_args = cli.parse_train_arguments(argv)
-    run = cli.build_trainer(training_args, model_args, cli.load_train_datasets(script_args, training_args))
+    script_args, training_args, model_args = train_script.parse_train_arguments(argv)
+    datasets = train_script.load_train_datasets(script_args, training_args)
+    run = train_script.build_trainer(training_args, model_args, datasets)
     assert run.teacher_model is None and run.cached_teacher is not None
     assert run.train_dataset[0]["teacher_hidden"].dtype == np.float16
 

@@ -60,7 +60,8 @@ def test_each_method_trains_and_its_checkpoint_reloads(tmp_path, method, mined_c
         torch.testing.assert_close(value, trainer.model.state_dict()[name])
     if method == "dskd":
         projectors = load_file(checkpoint / PROJECTORS_NAME)
-        assert set(projectors) == {f"{layer}.{kind}" for layer in ("query", "t2s", "s2t") for kind in ("weight", "bias")}
+        layers = ("query", "t2s", "s2t")
+        assert set(projectors) == {f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")}
     else:
         assert not os.path.exists(checkpoint / PROJECTORS_NAME)
 
@@ -77,7 +78,8 @@ def test_sft_loss_is_the_student_cross_entropy(tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, dict(batch))
-        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        inputs = {name: batch[name] for name in ("input_ids", "attention_mask", "labels")}
+        expected = model(**inputs).loss
     torch.testing.assert_close(loss, expected)
 
 

@@ -1,7 +1,10 @@
-"""The baselines' KD terms (docs/method.md, Baselines), each
-`loss(student, teacher, num_items_in_batch=None, **options)` returning `(kd, metrics)`; see `common` for the shared
-contract."""
+"""The baselines of docs/method.md (Baselines), each registering its method (`hf_dwakd.registry`) beside its loss.
 
+The KD terms keep a tensor-level signature, `loss(student, teacher, num_items_in_batch=None, **options)` returning
+`(kd, metrics)`; `common.baseline_method` adds the student CE and reads the options from the config.
+"""
+
+from hf_dwakd.baselines import sft  # noqa: F401  (registers the sft method)
 from hf_dwakd.baselines.dskd import dskd_loss
 from hf_dwakd.baselines.mined import mined_loss
 from hf_dwakd.baselines.mined_alignment import MinEDAligner

@@ -1,61 +1,76 @@
-"""What the baseline losses share: input checks, the KD normaliser, and response rows gathered by mask.
+"""What the baselines share: their config fields, their `ce_weight * CE + kd_weight * KD` loss, their logit rows,
+and the pairing of response positions by order.
 
-Every baseline loss has the signature `loss(student, teacher, num_items_in_batch=None, **options)` and returns
-`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (docs/method.md, Loss), the student CE is
-added by the caller, and `metrics` holds detached scalars for logging.
+A baseline's KD term has the signature `kd_term(args, student, teacher, num_items_in_batch, context)` and returns
+`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (docs/method.md, Loss), and `metrics` holds
+detached scalars for logging. `baseline_method` turns it into a registered method.
 """
-
-from dataclasses import dataclass
 
 import torch
 
-from hf_dwakd.objective.checks import check_side
+from hf_dwakd.objective.checks import loss_denominator
+from hf_dwakd.objective.dual_space import student_cross_entropy
 from hf_dwakd.objective.outputs import SideOutputs
+from hf_dwakd.objective.responses import Responses, gather_responses
+from hf_dwakd.registry import DistillationMethod
+
+# The config fields every baseline with a teacher reads.
+BASELINE_FIELDS = ("ce_weight", "kd_weight", "kd_temperature")
 
 
-def check_pair(student: SideOutputs, teacher: SideOutputs) -> None:
-    check_side(student, "student")
-    check_side(teacher, "teacher")
-    if student.labels.shape[0] != teacher.labels.shape[0]:
+def check_weights(args) -> None:
+    if args.ce_weight + args.kd_weight == 0:
         raise ValueError(
-            f"student has {student.labels.shape[0]} examples and teacher {teacher.labels.shape[0]}; "
-            "both sides must hold the same examples in the same order."
+            f"`ce_weight` and `kd_weight` are both 0, so kd_method={args.kd_method!r} has nothing to train: set "
+            "at least one of them > 0."
         )
 
 
-def kd_denominator(student: SideOutputs, num_items_in_batch) -> torch.Tensor | int:
-    """`num_items_in_batch`, or, when None, this batch's number of student response tokens (at least 1)."""
-    if num_items_in_batch is None:
-        return student.response_mask.sum().clamp(min=1)
-    if not float(num_items_in_batch) > 0:
-        raise ValueError(
-            f"num_items_in_batch must be the number of student response tokens (> 0), got {num_items_in_batch!r}."
-        )
-    return num_items_in_batch
+def student_ce(student: SideOutputs, num_items_in_batch, chunk_size: int | None = None) -> torch.Tensor:
+    """The student's cross-entropy summed over its response tokens, divided by `num_items_in_batch`."""
+    responses = gather_responses(student)
+    return student_cross_entropy(student, responses, chunk_size).sum() / loss_denominator(
+        num_items_in_batch, responses
+    )
 
 
-@dataclass
-class ResponseRows:
-    """One side's response positions, example by example in position order (the order of `labels[mask]`)."""
+def baseline_method(name: str, kd_term, *, fields=(), token_sum_metrics=(), check=None, **requirements):
+    """A `DistillationMethod` training `ce_weight * CE + kd_weight * kd_term(...)`, logging `ce` and `kd`.
 
-    logits: torch.Tensor  # (N, vocab_size) float32, the tokenizer's columns only
-    example: torch.Tensor  # (N,) which example each row belongs to
-    rank: torch.Tensor  # (N,) its index among that example's response positions
-    lengths: torch.Tensor  # (B,) response positions per example
+    `check` runs after the check that the two weights are not both 0; `requirements` are the other
+    `DistillationMethod` fields (`needs_projectors`, `build_aligner`, `defaults`, ...).
+    """
+
+    def loss(args, student, teacher, num_items_in_batch, context):
+        ce = student_ce(student, num_items_in_batch, args.kd_chunk_size)
+        kd, metrics = kd_term(args, student, teacher, num_items_in_batch, context)
+        return args.ce_weight * ce + args.kd_weight * kd, {"ce": ce.detach(), "kd": kd.detach(), **metrics}
+
+    def check_config(args):
+        check_weights(args)
+        if check is not None:
+            check(args)
+
+    return DistillationMethod(
+        name=name,
+        loss=loss,
+        fields=(*BASELINE_FIELDS, *fields),
+        token_sum_metrics=frozenset({"ce", "kd", *token_sum_metrics}),
+        check=check_config,
+        **requirements,
+    )
 
 
-def response_rows(side: SideOutputs, detach: bool = False) -> ResponseRows:
-    mask = side.response_mask
-    example, position = mask.nonzero(as_tuple=True)
-    logits = side.logits_at(example, position)[:, : side.vocab_size].float()
-    rank = (mask.cumsum(dim=1) - 1)[example, position]
-    return ResponseRows(logits.detach() if detach else logits, example, rank, mask.sum(dim=1))
+def response_logits(side: SideOutputs, responses: Responses, detach: bool = False) -> torch.Tensor:
+    """(N, vocab_size) float32 logits at the response positions (the tokenizer's columns only)."""
+    logits = side.logits_at(responses.batch_index, responses.position_index)[:, : side.vocab_size].float()
+    return logits.detach() if detach else logits
 
 
-def first_common(student: ResponseRows, teacher: ResponseRows) -> tuple[torch.Tensor, torch.Tensor]:
+def first_common(student: Responses, teacher: Responses) -> tuple[torch.Tensor, torch.Tensor]:
     """Row masks keeping each example's first min(n_student, n_teacher) response positions on both sides.
 
     The kept rows pair up in order: the k-th kept student row with the k-th kept teacher row.
     """
     common = torch.minimum(student.lengths, teacher.lengths)
-    return student.rank < common[student.example], teacher.rank < common[teacher.example]
+    return student.rank < common[student.batch_index], teacher.rank < common[teacher.batch_index]

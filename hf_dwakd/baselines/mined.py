@@ -7,8 +7,12 @@ data side; this module only needs tensors.
 
 import torch
 
-from hf_dwakd.baselines.common import check_pair, kd_denominator, response_rows
+from hf_dwakd.baselines.common import baseline_method, response_logits
+from hf_dwakd.baselines.mined_alignment import MinEDAligner
+from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
+from hf_dwakd.objective.responses import gather_responses
+from hf_dwakd.registry import register_method
 
 
 def project_teacher_logits(
@@ -80,13 +84,14 @@ def mined_loss(
     if temperature <= 0:
         raise ValueError(f"mined temperature={temperature} must be positive.")
 
-    rows = response_rows(student)
-    student_log_probs = torch.log_softmax(rows.logits / temperature, dim=-1)
+    responses = gather_responses(student)
+    student_log_probs = torch.log_softmax(response_logits(student, responses) / temperature, dim=-1)
     labels = student.labels[student.response_mask]
     partner = teacher_positions[student.response_mask]
     aligned = partner >= 0
 
-    teacher_logits = teacher.logits_at(rows.example[aligned], partner[aligned])[:, : teacher.vocab_size].detach()
+    teacher_rows = teacher.logits_at(responses.batch_index[aligned], partner[aligned])
+    teacher_logits = teacher_rows[:, : teacher.vocab_size].detach()
     target_logits = project_teacher_logits(
         teacher_logits.float() / temperature, teacher_to_student, student.vocab_size, top_k
     )
@@ -96,9 +101,35 @@ def mined_loss(
     kl = (target_probs * gap).sum(dim=-1)
     label_ce = -student_log_probs[~aligned].gather(1, labels[~aligned, None]).squeeze(1)
 
-    kd = (kl.sum() + label_ce.sum()) / kd_denominator(student, num_items_in_batch)
+    kd = (kl.sum() + label_ce.sum()) / loss_denominator(num_items_in_batch, responses)
     metrics = {
         "mined_kl": kl.detach().sum() / max(kl.numel(), 1),
         "mined_aligned_fraction": aligned.float().sum() / max(aligned.numel(), 1),
     }
     return kd, metrics
+
+
+def _kd_of_config(args, student, teacher, num_items_in_batch, context):
+    aligner = context.aligner
+    return mined_loss(
+        student,
+        teacher,
+        num_items_in_batch,
+        teacher_positions=aligner.teacher_positions(student.labels, teacher.labels),
+        teacher_to_student=aligner.teacher_to_student,
+        top_k=args.mined_top_k,
+        temperature=args.kd_temperature,
+    )
+
+
+register_method(
+    baseline_method(
+        "mined",
+        _kd_of_config,
+        fields=("mined_top_k", "mined_cache_dir"),
+        # The vocabulary map is built once per tokenizer pair and cached on disk.
+        build_aligner=lambda args, student_tokenizer, teacher_tokenizer: MinEDAligner(
+            student_tokenizer, teacher_tokenizer, args.mined_cache_dir
+        ),
+    )
+)

@@ -14,26 +14,31 @@ The standardisation, top-k = 50, the Sinkhorn settings and the 0.1 weights follo
 
 import torch
 
-from hf_dwakd.baselines.common import ResponseRows, check_pair, first_common, kd_denominator, response_rows
+from hf_dwakd.baselines.common import baseline_method, first_common, response_logits
+from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
+from hf_dwakd.objective.responses import Responses, gather_responses
+from hf_dwakd.registry import register_method
 
 STD_EPSILON = 1e-4  # added to the standard deviation, as in the released code
 
 
-def _holistic_head(rows: ResponseRows, num_examples: int, k: int, temperature: float) -> torch.Tensor:
+def _holistic_head(
+    logits: torch.Tensor, responses: Responses, num_examples: int, k: int, temperature: float
+) -> torch.Tensor:
     """(N, k) log-probabilities of each example's k columns of largest total probability, largest first."""
-    standardised = rows.logits / (rows.logits.std(dim=-1, keepdim=True) + STD_EPSILON)
+    standardised = logits / (logits.std(dim=-1, keepdim=True) + STD_EPSILON)
     log_probs = torch.log_softmax(standardised / temperature, dim=-1)
     totals = log_probs.new_zeros(num_examples, log_probs.shape[-1])
-    totals.index_add_(0, rows.example, log_probs.detach().exp())
+    totals.index_add_(0, responses.batch_index, log_probs.detach().exp())
     columns = totals.topk(k, dim=-1).indices
-    return log_probs.gather(1, columns[rows.example])
+    return log_probs.gather(1, columns[responses.batch_index])
 
 
-def _pack(values: torch.Tensor, rows: ResponseRows) -> torch.Tensor:
+def _pack(values: torch.Tensor, responses: Responses) -> torch.Tensor:
     """(N, k) rows -> (B, n_max, k), each example's rows first in order, zeros after."""
-    packed = values.new_zeros(rows.lengths.shape[0], int(rows.lengths.max()), values.shape[-1])
-    return packed.index_put((rows.example, rows.rank), values)
+    packed = values.new_zeros(responses.lengths.shape[0], int(responses.lengths.max()), values.shape[-1])
+    return packed.index_put((responses.batch_index, responses.rank), values)
 
 
 @torch.no_grad()
@@ -85,26 +90,28 @@ def multilevel_ot_loss(
         )
     num_examples = student.labels.shape[0]
     k = min(top_k, student.vocab_size, teacher.vocab_size)
-    student_rows, teacher_rows = response_rows(student), response_rows(teacher, detach=True)
-    student_log_head = _holistic_head(student_rows, num_examples, k, temperature)
-    teacher_log_head = _holistic_head(teacher_rows, num_examples, k, temperature)
+    student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
+    student_logits = response_logits(student, student_responses)
+    teacher_logits = response_logits(teacher, teacher_responses, detach=True)
+    student_log_head = _holistic_head(student_logits, student_responses, num_examples, k, temperature)
+    teacher_log_head = _holistic_head(teacher_logits, teacher_responses, num_examples, k, temperature)
     student_head, teacher_head = student_log_head.exp(), teacher_log_head.exp()
 
-    keep_student, keep_teacher = first_common(student_rows, teacher_rows)
+    keep_student, keep_teacher = first_common(student_responses, teacher_responses)
     paired_teacher = teacher_head[keep_teacher]
     absolute = (paired_teacher - student_head[keep_student]).abs().sum()
     logarithmic = -(paired_teacher * student_log_head[keep_student]).sum()
 
     sequence = student_head.new_zeros(())
     if student_head.shape[0] and teacher_head.shape[0]:
-        student_points, teacher_points = _pack(student_head, student_rows), _pack(teacher_head, teacher_rows)
+        student_points, teacher_points = _pack(student_head, student_responses), _pack(teacher_head, teacher_responses)
         cost = torch.cdist(student_points, teacher_points, p=1)
-        student_valid = torch.arange(student_points.shape[1], device=cost.device) < student_rows.lengths[:, None]
-        teacher_valid = torch.arange(teacher_points.shape[1], device=cost.device) < teacher_rows.lengths[:, None]
+        student_valid = torch.arange(student_points.shape[1], device=cost.device) < student_responses.lengths[:, None]
+        teacher_valid = torch.arange(teacher_points.shape[1], device=cost.device) < teacher_responses.lengths[:, None]
         plan = sinkhorn_plan(cost.detach(), student_valid, teacher_valid, sinkhorn_epsilon, sinkhorn_iterations)
-        sequence = (student_rows.lengths[:, None, None] * plan * cost).sum()
+        sequence = (student_responses.lengths[:, None, None] * plan * cost).sum()
 
-    denominator = kd_denominator(student, num_items_in_batch)
+    denominator = loss_denominator(num_items_in_batch, student_responses)
     kd = (absolute + log_weight * logarithmic + sinkhorn_weight * sequence) / denominator
     metrics = {
         "multilevel_ot_absolute": absolute.detach() / denominator,
@@ -112,3 +119,27 @@ def multilevel_ot_loss(
         "multilevel_ot_sequence": sequence.detach() / denominator,
     }
     return kd, metrics
+
+
+def _kd_of_config(args, student, teacher, num_items_in_batch, context):
+    return multilevel_ot_loss(
+        student,
+        teacher,
+        num_items_in_batch,
+        top_k=args.ot_top_k,
+        temperature=args.kd_temperature,
+        log_weight=args.ot_log_weight,
+        sinkhorn_weight=args.ot_sinkhorn_weight,
+        sinkhorn_epsilon=args.ot_sinkhorn_epsilon,
+        sinkhorn_iterations=args.ot_sinkhorn_iterations,
+    )
+
+
+register_method(
+    baseline_method(
+        "multilevel_ot",
+        _kd_of_config,
+        fields=("ot_top_k", "ot_log_weight", "ot_sinkhorn_weight", "ot_sinkhorn_epsilon", "ot_sinkhorn_iterations"),
+        token_sum_metrics=("multilevel_ot_absolute", "multilevel_ot_logarithmic", "multilevel_ot_sequence"),
+    )
+)

@@ -7,8 +7,11 @@ by order within the response: each example keeps its first min(n_student, n_teac
 
 import torch
 
-from hf_dwakd.baselines.common import check_pair, first_common, kd_denominator, response_rows
+from hf_dwakd.baselines.common import baseline_method, first_common, response_logits
+from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
+from hf_dwakd.objective.responses import gather_responses
+from hf_dwakd.registry import register_method
 
 
 def _sorted_probabilities(probabilities: torch.Tensor, width: int, top_k: int | None) -> torch.Tensor:
@@ -39,10 +42,12 @@ def uld_loss(
         raise ValueError(f"uld top_k={top_k} must be a positive integer, or None for the exact sort.")
     if temperature <= 0:
         raise ValueError(f"uld temperature={temperature} must be positive.")
-    student_rows, teacher_rows = response_rows(student), response_rows(teacher, detach=True)
-    keep_student, keep_teacher = first_common(student_rows, teacher_rows)
-    student_probs = torch.softmax(student_rows.logits[keep_student] / temperature, dim=-1)
-    teacher_probs = torch.softmax(teacher_rows.logits[keep_teacher] / temperature, dim=-1)
+    student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
+    keep_student, keep_teacher = first_common(student_responses, teacher_responses)
+    student_logits = response_logits(student, student_responses)
+    teacher_logits = response_logits(teacher, teacher_responses, detach=True)
+    student_probs = torch.softmax(student_logits[keep_student] / temperature, dim=-1)
+    teacher_probs = torch.softmax(teacher_logits[keep_teacher] / temperature, dim=-1)
 
     width = max(student.vocab_size, teacher.vocab_size)
     if top_k is not None:
@@ -53,9 +58,16 @@ def uld_loss(
     if top_k is not None:
         distance = distance + (student_head.sum(dim=-1) - teacher_head.sum(dim=-1)).abs()
 
-    kd = distance.sum() / kd_denominator(student, num_items_in_batch)
+    kd = distance.sum() / loss_denominator(num_items_in_batch, student_responses)
     metrics = {
         "uld_distance": distance.detach().sum() / max(distance.numel(), 1),
         "uld_paired_tokens": keep_student.sum(),
     }
     return kd, metrics
+
+
+def _kd_of_config(args, student, teacher, num_items_in_batch, context):
+    return uld_loss(student, teacher, num_items_in_batch, top_k=args.uld_top_k, temperature=args.kd_temperature)
+
+
+register_method(baseline_method("uld", _kd_of_config, fields=("uld_top_k",)))

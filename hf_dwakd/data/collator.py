@@ -3,7 +3,7 @@
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .truncation import IGNORE_INDEX
+from ..objective.outputs import IGNORE_INDEX
 
 # A teacher cache's column (`teacher_cache.store`): each row's (response positions, d) teacher states.
 TEACHER_HIDDEN_COLUMN = "teacher_hidden"

@@ -1,8 +1,14 @@
 """The dataset formats the pipeline reads, and how one row becomes the prompt and response text of each model."""
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from datasets import Value
+from datasets import Features, Value
+from transformers import PreTrainedTokenizerBase
+
+# A prompt or completion: a string, or a list of chat messages.
+Text = str | list[dict[str, Any]]
 
 # Format name -> the columns that identify it.
 FORMATS = {
@@ -18,7 +24,7 @@ ACCEPTED_FORMATS = (
 )
 
 
-def check_dataset_columns(column_names):
+def check_dataset_columns(column_names: Iterable[str]) -> str:
     """The name of the format the columns identify; `ValueError` naming the columns and the accepted formats."""
     names = list(column_names)
     matches = [name for name, needed in FORMATS.items() if set(needed) <= set(names)]
@@ -36,14 +42,14 @@ def check_dataset_columns(column_names):
     raise ValueError(f"The dataset (columns: {names}) {problem}. Accepted formats: {ACCEPTED_FORMATS}.")
 
 
-def is_conversational(data_format, features):
+def is_conversational(data_format: str, features: Features) -> bool:
     """Whether rows hold chat messages (rendered with each tokenizer's chat template) rather than plain strings."""
     if data_format == "messages":
         return True
     return data_format == "prompt-completion" and not isinstance(features["prompt"], Value)
 
 
-def split_row(row, data_format, index):
+def split_row(row: Mapping[str, Any], data_format: str, index: int) -> tuple[Text, Text]:
     """`(prompt, completion)`: two strings, or two lists of messages.
 
     In DSKD files `output` may be a list of reference answers (evaluation files); training uses the first one.
@@ -71,7 +77,7 @@ def split_row(row, data_format, index):
     return prompt, completion
 
 
-def is_empty(completion):
+def is_empty(completion: Text) -> bool:
     """True for a completion with no visible text (an empty or whitespace-only string or message contents)."""
     if isinstance(completion, str):
         return not completion.strip()
@@ -94,12 +100,18 @@ class RenderedExample:
     from_chat_template: bool
 
 
-def render_strings(prompt, completion):
+def render_strings(prompt: str, completion: str) -> RenderedExample:
     """Both models read `prompt + completion`, joined as they are (no separator is added)."""
     return RenderedExample(prompt + completion, len(prompt), from_chat_template=False)
 
 
-def render_conversation(prompt, completion, tokenizer, side, index):
+def render_conversation(
+    prompt: list[dict[str, Any]],
+    completion: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    side: str,
+    index: int,
+) -> RenderedExample:
     """Render with `tokenizer`'s own chat template; the completion is whatever follows the generation prompt.
 
     That includes the template's end-of-turn markup, so the model also learns to close its turn.

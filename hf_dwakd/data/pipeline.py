@@ -4,6 +4,9 @@ import warnings
 from collections import Counter
 from functools import partial
 
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
 from .formats import (
     check_dataset_columns,
     is_conversational,
@@ -26,8 +29,13 @@ _SIDES = ("", "teacher_")  # column prefixes: student, teacher
 
 
 def prepare_distillation_dataset(
-    dataset, student_tokenizer, teacher_tokenizer, max_length=512, max_prompt_length=256, num_proc=None
-):
+    dataset: Dataset,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 512,
+    max_prompt_length: int = 256,
+    num_proc: int | None = None,
+) -> Dataset:
     """Tokenize every row for both models; see `check_dataset_columns` for the formats read.
 
     Returns a `datasets.Dataset` with list columns `input_ids`, `attention_mask`, `labels` (student) and

@@ -3,6 +3,9 @@
 from dataclasses import dataclass
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from .formats import RenderedExample
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class SideTokens:
     text_length: int
 
 
-def tokenize_side(tokenizer, example):
+def tokenize_side(tokenizer: PreTrainedTokenizerBase, example: RenderedExample) -> SideTokens:
     """Tokenize `example.text` once with offsets and mark the response tokens.
 
     A token is a response token iff it carries at least one completion character. A token that straddles the

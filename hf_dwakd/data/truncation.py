@@ -7,10 +7,11 @@ sides that read the same text keep the same characters. The EOS survives only wh
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from ..objective.outputs import IGNORE_INDEX
+from .tokens import SideTokens
 
 
-def choose_window(sides, max_length, max_prompt_length):
+def choose_window(sides: list[SideTokens], max_length: int, max_prompt_length: int) -> tuple[int, int] | None:
     """`(prompt_end, response_end)`: keep prompt characters before the first, response characters before the second.
 
     All `sides` must read the same text. Returns None when not a single response token fits.
@@ -40,7 +41,7 @@ def choose_window(sides, max_length, max_prompt_length):
     return int(prompt_cuts[best]), int(response_cuts[np.flatnonzero(fits)[-1]])
 
 
-def keep_window(side, window):
+def keep_window(side: SideTokens, window: tuple[int, int]) -> tuple[list[int], list[int]]:
     """`(input_ids, labels)` of the tokens inside `window`; labels are the ids on response tokens, else -100."""
     prompt_end, response_end = window
     limit = np.where(side.is_response, response_end, prompt_end)

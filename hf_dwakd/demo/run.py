@@ -18,11 +18,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config
 
-from ..cli import RecipeParser
 from ..config import DWAKDConfig
 from ..evaluation.benchmarks import examples_from_jsonl, read_jsonl
 from ..evaluation.generation import encode_prompts, left_pad, pad_token_id
 from ..evaluation.metric import rouge_l
+from ..scripts.recipe import RecipeParser
 from ..trainer import DWAKDTrainer
 from .models import DEMO_MODELS, demo_model_path
 

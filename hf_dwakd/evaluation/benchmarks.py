@@ -23,8 +23,10 @@ With `from_hub` the files come from MiniLLM's Hub dataset repositories (`BENCHMA
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -74,23 +76,25 @@ DOLLY_TEST_FILE = "dolly/test.jsonl"
 DOLLY_TRAIN_FILE = "dolly/train.jsonl"
 
 
-def alpaca_prompt(instruction, input_text=""):
+def alpaca_prompt(instruction: str, input_text: str = "") -> str:
     """The prompt template of docs/method.md, Evaluation protocol ("### Input:" only when there is an input)."""
     if input_text:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
     return PROMPT_WITHOUT_INPUT.format(instruction=instruction)
 
 
-def parse_benchmark_names(text):
+def parse_benchmark_names(text: str) -> list[str]:
     """`"dolly,vicuna"` -> `["dolly", "vicuna"]`, rejecting names that are not benchmarks."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown or not names:
-        raise ValueError(f"--benchmarks: unknown benchmark(s) {unknown or [text]}; choose from {', '.join(BENCHMARKS)}")
+        raise ValueError(
+            f"--benchmarks: unknown benchmark(s) {unknown or [text]}; choose from {', '.join(BENCHMARKS)}"
+        )
     return names
 
 
-def example_from_record(record, where):
+def example_from_record(record: dict[str, Any], where: str) -> Example:
     """Build an `Example` from one DSKD-format record; `where` names it in errors."""
     if "output" not in record:
         raise ValueError(f"{where}: no `output` field (the reference response)")
@@ -109,7 +113,7 @@ def example_from_record(record, where):
     return Example(prompt=prompt, references=tuple(references), instruction=instruction, input=input_text)
 
 
-def read_jsonl(path):
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The JSON objects of a jsonl file, one per non-empty line."""
     records = []
     with open(path, encoding="utf-8") as handle:
@@ -122,11 +126,11 @@ def read_jsonl(path):
     return records
 
 
-def examples_from_jsonl(path):
+def examples_from_jsonl(path: str | os.PathLike) -> list[Example]:
     return [example_from_record(record, f"{path}:{number}") for number, record in enumerate(read_jsonl(path), 1)]
 
 
-def load_records_with_datasets(path, data_file):
+def load_records_with_datasets(path: str, data_file: str | None) -> list[dict[str, Any]]:
     """Records through `datasets.load_dataset` (a Hub repository id, or a builder such as "json")."""
     import datasets
 
@@ -134,7 +138,7 @@ def load_records_with_datasets(path, data_file):
     return [dict(record) for record in dataset]
 
 
-def load_benchmark(name, data_dir=None, from_hub=False):
+def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, from_hub: bool = False) -> Benchmark:
     """One benchmark's examples, from `data_dir` or (with `from_hub`) from its Hub repository.
 
     Raises before any model work when the file is missing or malformed.
@@ -158,7 +162,7 @@ def load_benchmark(name, data_dir=None, from_hub=False):
     return Benchmark(name, examples_from_jsonl(path), str(path))
 
 
-def dolly_selection_examples(data_dir):
+def dolly_selection_examples(data_dir: str | os.PathLike) -> list[Example]:
     """The half of `dolly/dev.jsonl` kept for model selection (the first half), training prompts left out."""
     data_dir = Path(data_dir)
     examples = examples_from_jsonl(_existing_file(data_dir, BENCHMARKS["dolly"].local_file, "dolly"))

@@ -11,11 +11,20 @@ also written into the evaluation's `state.log_history` entry (and thus `trainer_
 
 import logging
 import random
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from .benchmarks import Example, example_from_record
 from .generation import GenerationSettings, encode_prompts, generate_responses, render_prompts
@@ -33,15 +42,15 @@ class RougeEvalCallback(TrainerCallback):
 
     def __init__(
         self,
-        eval_dataset_or_examples,
-        tokenizer,
-        max_examples=200,
-        seed=10,
-        batch_size=16,
-        max_length=512,
-        max_prompt_length=256,
-        chat_template=False,
-        metric_key="eval_rougeL",
+        eval_dataset_or_examples: Iterable[Example | Mapping[str, Any]],
+        tokenizer: PreTrainedTokenizerBase,
+        max_examples: int | None = 200,
+        seed: int = 10,
+        batch_size: int = 16,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        chat_template: bool = False,
+        metric_key: str = "eval_rougeL",
     ):
         examples = [
             item if isinstance(item, Example) else example_from_record(item, f"RougeEvalCallback example {index}")
@@ -57,7 +66,15 @@ class RougeEvalCallback(TrainerCallback):
         texts = render_prompts(examples, tokenizer, chat_template)
         self.prompt_ids = encode_prompts(texts, tokenizer, max_prompt_length, chat_template)
 
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: PreTrainedModel | None = None,
+        metrics: dict[str, float] | None = None,
+        **kwargs,
+    ) -> None:
         was_training = model.training
         model.eval()
         try:

@@ -1,6 +1,6 @@
 """`hf-dwakd evaluate`: ROUGE-L of one model on the instruction benchmarks, over several seeds.
 
-    hf-dwakd evaluate --model PATH [--adapter PATH] --benchmarks dolly,self-inst,vicuna,sinst \\
+    hf-dwakd evaluate --model_name_or_path PATH [--adapter PATH] --benchmarks dolly,self-inst,vicuna,sinst \\
         --data_dir DIR --seeds 5 --output_dir DIR [--max_examples N]
 
 Run it under `accelerate launch` to split the prompts across processes. Every input is checked (benchmark
@@ -9,6 +9,7 @@ files, tokenizer, model, adapter, chat template) before the first token is gener
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
@@ -21,13 +22,15 @@ from .runner import default_seeds, evaluate_benchmark, prompt_ids_for
 METRIC_DESCRIPTION = "ROUGE-L F1 x 100 (rouge_score, Porter stemmer), max over references, mean over examples"
 
 
-def build_parser(parser=None):
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The `evaluate` arguments, added to `parser` (e.g. a CLI sub-command parser) or to a new one."""
     if parser is None:
         parser = argparse.ArgumentParser(prog="hf-dwakd evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model directory or Hub id (full or merged weights)")
-    parser.add_argument("--adapter", help="PEFT adapter directory to apply on top of --model")
-    parser.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: --model)")
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="model directory or Hub id (full or merged weights)"
+    )
+    parser.add_argument("--adapter", help="PEFT adapter directory to apply on top of --model_name_or_path")
+    parser.add_argument("--tokenizer", help="tokenizer directory or Hub id (default: --model_name_or_path)")
     parser.add_argument("--name", help="row name in the results table (default: the adapter's or model's folder)")
     parser.add_argument(
         "--benchmarks", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
@@ -45,31 +48,32 @@ def build_parser(parser=None):
     return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run(build_parser().parse_args(argv))
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as `args` say; returns this model's results record."""
     settings = GenerationSettings(args.max_length, args.max_prompt_length, args.batch_size)
     seeds = default_seeds(args.seeds)
     if args.max_examples is not None and args.max_examples < 1:
         raise ValueError(f"--max_examples must be at least 1, got {args.max_examples}")
-    benchmarks = [load_benchmark(name, args.data_dir, args.from_hub) for name in parse_benchmark_names(args.benchmarks)]
+    names = parse_benchmark_names(args.benchmarks)
+    benchmarks = [load_benchmark(name, args.data_dir, args.from_hub) for name in names]
     for benchmark in benchmarks:
         benchmark.examples = benchmark.examples[: args.max_examples]
         if not benchmark.examples:
             raise ValueError(f"benchmark {benchmark.name!r}: {benchmark.source} holds no examples")
-    tokenizer = load_tokenizer(args.tokenizer or args.model, args.model)
+    tokenizer = load_tokenizer(args.tokenizer or args.model_name_or_path, args.model_name_or_path)
     prompt_ids = [prompt_ids_for(benchmark, tokenizer, settings, args.chat_template) for benchmark in benchmarks]
     accelerator = Accelerator()  # reads the `accelerate launch` settings, e.g. --cpu
-    model = load_model(args.model, args.adapter, args.dtype).to(accelerator.device)
+    model = load_model(args.model_name_or_path, args.adapter, args.dtype).to(accelerator.device)
 
     benchmark_results = [
         evaluate_benchmark(model, tokenizer, benchmark, ids, seeds, settings)
         for benchmark, ids in zip(benchmarks, prompt_ids, strict=True)
     ]
-    name = args.name or Path(args.adapter or args.model).name
+    name = args.name or Path(args.adapter or args.model_name_or_path).name
     results = model_results(name, _settings_record(args, settings, seeds), benchmark_results)
     if accelerator.is_main_process:
         write_model_outputs(Path(args.output_dir) / name, results, benchmark_results)
@@ -82,9 +86,9 @@ def run(args):
 
 def _settings_record(args, settings, seeds):
     return {
-        "model": args.model,
+        "model": args.model_name_or_path,
         "adapter": args.adapter,
-        "tokenizer": args.tokenizer or args.model,
+        "tokenizer": args.tokenizer or args.model_name_or_path,
         "chat_template": args.chat_template,
         "dtype": args.dtype,
         "max_examples": args.max_examples,

@@ -5,6 +5,7 @@ As in the DSKD/MiniLLM evaluation code a prompt longer than `max_prompt_length` 
 the lengths of the other prompts in its batch.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,9 @@ import transformers
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from .benchmarks import Example
 
 TEMPERATURE = 1.0
 TOP_P = 1.0
@@ -34,11 +38,13 @@ class GenerationSettings:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
 
     @property
-    def max_new_tokens(self):
+    def max_new_tokens(self) -> int:
         return self.max_length - self.max_prompt_length
 
 
-def render_prompts(examples, tokenizer, chat_template=False):
+def render_prompts(
+    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, chat_template: bool = False
+) -> list[str]:
     """The prompt texts: the benchmark's template, or the tokenizer's chat template around the instruction."""
     if not chat_template:
         return [example.prompt for example in examples]
@@ -54,7 +60,9 @@ def render_prompts(examples, tokenizer, chat_template=False):
     return texts
 
 
-def encode_prompts(texts, tokenizer, max_prompt_length, chat_template=False):
+def encode_prompts(
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, chat_template: bool = False
+) -> list[list[int]]:
     """Token ids per prompt, cut to the first `max_prompt_length`, tokenized as the training data is.
 
     Plain text gets the tokenizer's own special tokens (BOS if it adds one) and any "</s>" in it stays text;
@@ -64,7 +72,7 @@ def encode_prompts(texts, tokenizer, max_prompt_length, chat_template=False):
     return [ids[:max_prompt_length] for ids in encoding["input_ids"]]
 
 
-def left_pad(sequences, pad_id):
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack id lists into `(input_ids, attention_mask)`, padding on the left so generation continues them."""
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -75,12 +83,14 @@ def left_pad(sequences, pad_id):
     return input_ids, attention_mask
 
 
-def pad_token_id(tokenizer):
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The tokenizer's pad id, or its EOS id when it has no pad token (the tokenizer is left untouched)."""
     return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
 
 
-def sampling_config(model, tokenizer, settings):
+def sampling_config(
+    model: transformers.PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings
+) -> transformers.GenerationConfig:
     """The protocol's decoding; neutral values override whatever the checkpoint's generation config sets."""
     eos_token_id = model.generation_config.eos_token_id
     return transformers.GenerationConfig(
@@ -99,7 +109,14 @@ def sampling_config(model, tokenizer, settings):
     )
 
 
-def generate_responses(model, tokenizer, prompt_ids, seed, settings, description="generating"):
+def generate_responses(
+    model: transformers.PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    seed: int,
+    settings: GenerationSettings,
+    description: str = "generating",
+) -> list[str]:
     """One sampled response per prompt (texts in prompt order), seeded with `seed` on every process.
 
     Under `accelerate launch` each process generates for a contiguous share of the prompts and the

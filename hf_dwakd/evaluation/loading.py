@@ -3,15 +3,16 @@
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_tokenizer(path, model_path):
-    """The tokenizer at `path`; the error names `--model`/`--tokenizer` so the user knows what to pass."""
+def load_tokenizer(path: str, model_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer at `path`; the error names `--model_name_or_path`/`--tokenizer` so the user knows what to pass."""
     from transformers import AutoTokenizer
 
-    fix = f"pass --tokenizer PATH when --model {model_path} has none"
+    fix = f"pass --tokenizer PATH when --model_name_or_path {model_path} has none"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as error:
@@ -24,14 +25,14 @@ def load_tokenizer(path, model_path):
     return tokenizer
 
 
-def load_model(model_path, adapter_path=None, dtype="auto"):
+def load_model(model_path: str, adapter_path: str | None = None, dtype: str = "auto") -> PreTrainedModel:
     """The causal LM at `model_path` in eval mode, with the PEFT adapter at `adapter_path` applied."""
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype])
     except (OSError, ValueError) as error:
-        raise ValueError(f"--model {model_path}: no causal LM could be loaded ({error})") from error
+        raise ValueError(f"--model_name_or_path {model_path}: no causal LM could be loaded ({error})") from error
     if adapter_path is not None:
         model = _with_adapter(model, model_path, adapter_path)
     return model.eval()
@@ -46,6 +47,6 @@ def _with_adapter(model, model_path, adapter_path):
         return PeftModel.from_pretrained(model, adapter_path)
     except (RuntimeError, ValueError, KeyError) as error:
         raise ValueError(
-            f"--adapter {adapter_path} does not fit --model {model_path}: {error}. "
+            f"--adapter {adapter_path} does not fit --model_name_or_path {model_path}: {error}. "
             "Pass the base model the adapter was trained on."
         ) from error

@@ -9,21 +9,28 @@ Layout under an output directory:
 """
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from .benchmarks import BENCHMARKS
+from .runner import BenchmarkResult
 
 COLUMN_TITLES = {"dolly": "Dolly", "self-inst": "Self-Inst", "vicuna": "Vicuna", "sinst": "S-NI"}
 
 
-def model_results(name, settings_record, benchmark_results):
+def model_results(
+    name: str, settings_record: dict[str, Any], benchmark_results: list[BenchmarkResult]
+) -> dict[str, Any]:
     """The JSON record of one model: its settings, each benchmark's summary, and the average of the means."""
     benchmarks = {result.name: result.summary() for result in benchmark_results}
     average = sum(entry["mean"] for entry in benchmarks.values()) / len(benchmarks)
     return {"name": name, **settings_record, "benchmarks": benchmarks, "average": average}
 
 
-def write_model_outputs(model_dir, results, benchmark_results):
+def write_model_outputs(
+    model_dir: str | os.PathLike, results: dict[str, Any], benchmark_results: list[BenchmarkResult]
+) -> None:
     """`results.json` and `predictions/<benchmark>.jsonl` for one model."""
     model_dir = Path(model_dir)
     (model_dir / "predictions").mkdir(parents=True, exist_ok=True)
@@ -34,13 +41,14 @@ def write_model_outputs(model_dir, results, benchmark_results):
                 handle.write(json.dumps(record) + "\n")
 
 
-def collect_results(output_dir):
+def collect_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every model's `<name>/results.json` under `output_dir`, sorted by name (other JSON files are skipped)."""
-    records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(Path(output_dir).glob("*/results.json"))]
+    paths = sorted(Path(output_dir).glob("*/results.json"))
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     return [record for record in records if isinstance(record, dict) and "benchmarks" in record]
 
 
-def markdown_table(all_results):
+def markdown_table(all_results: list[dict[str, Any]]) -> str:
     """Rows: models; columns: the benchmarks any model has (in the paper's order) + Avg, as `mean ± std`.
 
     Avg is the mean of the row's benchmark means, shown only when the row has every column.
@@ -60,7 +68,7 @@ def markdown_table(all_results):
     return "\n".join(lines) + "\n"
 
 
-def write_summary(output_dir):
+def write_summary(output_dir: str | os.PathLike) -> None:
     """Rebuild `results.md` and `results.json` at the top of `output_dir` from every model evaluated there."""
     all_results = collect_results(output_dir)
     output_dir = Path(output_dir)

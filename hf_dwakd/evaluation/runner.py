@@ -2,19 +2,23 @@
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-from .generation import encode_prompts, generate_responses, render_prompts
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .benchmarks import Benchmark
+from .generation import GenerationSettings, encode_prompts, generate_responses, render_prompts
 from .metric import rouge_l
 
 
-def default_seeds(count):
+def default_seeds(count: int) -> list[int]:
     """The DSKD evaluation seeds 10, 20, ..., 10 * count."""
     if count < 1:
         raise ValueError(f"--seeds must be at least 1, got {count}")
     return [10 * (index + 1) for index in range(count)]
 
 
-def mean_and_std(values):
+def mean_and_std(values: list[float]) -> tuple[float, float]:
     """Mean and population standard deviation (0 for a single value)."""
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((value - mean) ** 2 for value in values) / len(values))
@@ -28,7 +32,7 @@ class BenchmarkResult:
     seed_scores: dict = field(default_factory=dict)
     predictions: list = field(default_factory=list)
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         mean, std = mean_and_std(list(self.seed_scores.values()))
         return {
             "mean": mean,
@@ -39,13 +43,25 @@ class BenchmarkResult:
         }
 
 
-def prompt_ids_for(benchmark, tokenizer, settings, chat_template=False):
+def prompt_ids_for(
+    benchmark: Benchmark,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: GenerationSettings,
+    chat_template: bool = False,
+) -> list[list[int]]:
     """The benchmark's prompts as token ids, ready for `evaluate_benchmark`."""
     texts = render_prompts(benchmark.examples, tokenizer, chat_template)
     return encode_prompts(texts, tokenizer, settings.max_prompt_length, chat_template)
 
 
-def evaluate_benchmark(model, tokenizer, benchmark, prompt_ids, seeds, settings):
+def evaluate_benchmark(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    benchmark: Benchmark,
+    prompt_ids: list[list[int]],
+    seeds: list[int],
+    settings: GenerationSettings,
+) -> BenchmarkResult:
     """ROUGE-L for every seed, plus one prediction record per (seed, example)."""
     references = [example.references for example in benchmark.examples]
     result = BenchmarkResult(benchmark.name, benchmark.source, len(benchmark.examples))

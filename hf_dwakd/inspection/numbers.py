@@ -55,10 +55,10 @@ def alignment_numbers(
             attention,
             student_responses.lengths,
             teacher_responses.lengths,
-            base=options.band_base,
-            beta=options.band_beta,
-            alpha=options.band_alpha,
-            penalty=options.band_penalty,
+            base=options.dtw_band_base,
+            beta=options.dtw_band_beta,
+            alpha=options.dtw_band_alpha,
+            penalty=options.dtw_band_penalty,
         )
         x, y = hidden_pair(student_responses, teacher_responses, projectors)
         inside = ~outside_band(band, attention.shape[2], attention.dtype, attention.device)
@@ -66,7 +66,7 @@ def alignment_numbers(
         band_mass = float((rows * inside[0, :n, :m]).sum() / max(n, 1))
         mean_row_entropy = float(torch.special.entr(rows).sum(dim=-1).mean())
     expected = expected_alignment(
-        x, y, student_responses.lengths, teacher_responses.lengths, band if options.dtw_band else None, options
+        x, y, student_responses.lengths, teacher_responses.lengths, band if options.use_dtw_band else None, options
     )
     return AlignmentNumbers(
         student_tokens=list(student_tokens),
@@ -78,8 +78,8 @@ def alignment_numbers(
         mean_row_entropy=mean_row_entropy,
         band_mass=band_mass,
         losses={**{name: float(value) for name, value in components.items()}, "loss": float(loss)},
-        gamma=float(options.gamma),
-        band_in_cost=options.dtw_band,
+        gamma=float(options.dtw_gamma),
+        band_in_cost=options.use_dtw_band,
         step=step,
     )
 
@@ -90,6 +90,6 @@ def expected_alignment(x, y, lengths_x, lengths_y, band, options: DWAKDLossOptio
     cost, _, _ = divergence_costs(x.detach(), y.detach(), lengths_x, lengths_y, band)
     cross = cost[: x.shape[0], :n_rows, :n_cols].detach().requires_grad_(True)
     with torch.enable_grad():
-        values = soft_dtw(cross, options.gamma, lengths_x, lengths_y, backend=options.dtw_backend)
+        values = soft_dtw(cross, options.dtw_gamma, lengths_x, lengths_y, backend=options.dtw_backend)
         (gradient,) = torch.autograd.grad(values.sum(), cross)
     return gradient

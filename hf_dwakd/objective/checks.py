@@ -1,8 +1,8 @@
-"""Checks of `dwakd_loss`'s inputs, each error naming the field and the fix, raised before any vocabulary-wide work."""
+"""Checks of the losses' inputs, each error naming the field and the fix, raised before any vocabulary-wide work;
+and the one divisor of every method's token sums."""
 
 import torch
 
-from hf_dwakd.objective.options import DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses
 from hf_dwakd.projectors import DWAKDProjectors
@@ -44,15 +44,18 @@ def check_side(side: SideOutputs, name: str) -> None:
         )
 
 
-def check_inputs(student: SideOutputs, teacher: SideOutputs, projectors: DWAKDProjectors, options) -> None:
-    if not isinstance(options, DWAKDLossOptions):
-        raise TypeError(f"options must be a DWAKDLossOptions, got {type(options).__name__}.")
+def check_pair(student: SideOutputs, teacher: SideOutputs) -> None:
+    """Both sides well formed and holding the same examples (every method's first check)."""
     check_side(student, "student")
     check_side(teacher, "teacher")
     if student.labels.shape[0] != teacher.labels.shape[0]:
         raise ValueError(
-            f"student and teacher batches differ in size ({student.labels.shape[0]} vs {teacher.labels.shape[0]})."
+            f"student and teacher batches differ in size ({student.labels.shape[0]} vs {teacher.labels.shape[0]}): "
+            "both sides must hold the same examples in the same order."
         )
+
+
+def check_projectors(projectors: DWAKDProjectors, student: SideOutputs, teacher: SideOutputs) -> None:
     sizes = (student.hidden.shape[-1], teacher.hidden.shape[-1])
     if not isinstance(projectors, DWAKDProjectors):
         raise TypeError(f"projectors must be DWAKDProjectors{sizes}, got {type(projectors).__name__}.")
@@ -79,16 +82,25 @@ def check_responses(student: Responses, teacher: Responses) -> None:
         )
 
 
-def loss_denominator(num_items_in_batch, student: Responses) -> torch.Tensor | int:
+def loss_denominator(num_items_in_batch, student: Responses) -> torch.Tensor | int | float:
+    """The divisor of every method's token sums: `num_items_in_batch`, the number of student response tokens in
+    the whole accumulated, all-process batch; None: this batch's own count (at least 1).
+
+    Under `nn.DataParallel`, Trainer passes one count per GPU, shape (n_gpu, 1), meant for each replica's own
+    loss. This loss runs once on the whole batch, so it divides by their sum: the value of Trainer's mean over
+    the replicas' losses.
+    """
     if num_items_in_batch is None:
-        return student.num_tokens
+        return max(student.num_tokens, 1)
     if isinstance(num_items_in_batch, torch.Tensor):
-        if num_items_in_batch.numel() != 1 or not num_items_in_batch.item() > 0:
-            raise ValueError(f"num_items_in_batch must be one count > 0, got {num_items_in_batch!r}.")
-        return num_items_in_batch.reshape(()).to(student.hidden.device)
-    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, int) or num_items_in_batch <= 0:
+        count = num_items_in_batch.sum()
+        if num_items_in_batch.numel() == 0 or not count.item() > 0:
+            raise ValueError(f"num_items_in_batch must be a count > 0 (or one per GPU), got {num_items_in_batch!r}.")
+        return count.to(student.hidden.device)
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float)) or not (
+        num_items_in_batch > 0
+    ):
         raise ValueError(
-            f"num_items_in_batch must be the number of student response tokens (an int > 0), "
-            f"got {num_items_in_batch!r}."
+            f"num_items_in_batch must be the number of student response tokens (> 0), got {num_items_in_batch!r}."
         )
     return num_items_in_batch

@@ -45,11 +45,11 @@ def student_space(
 ) -> dict[str, torch.Tensor]:
     """Per student response token, from the student logits and `t2s_hidden` (N, d_s) rows of h_t2s:
 
-    `kd`: divergence of p_s from the detached p_t2s at the temperature (gradient into the student logits);
-    `projector_ce`: the warm-up CE of z_t2s (gradient into h_t2s); `correct`: argmax z_t2s == label; with entropy
-    weighting, `entropy` (H_s) and, with the gate, `gate` (max p_t2s), both at tau = 1 and detached. With
-    `with_cross_entropy`, also `ce`, the student CE (as `student_cross_entropy`), from the same gathered logits, so
-    that the backward fills one gradient of the logits instead of two.
+    `kd`: divergence (`options.kd_divergence`) of p_s from the detached p_t2s at the temperature (gradient into
+    the student logits); `projector_ce`: the warm-up CE of z_t2s (gradient into h_t2s); `correct`: argmax z_t2s ==
+    label; with entropy weighting, `entropy` (H_s) and, with the gate, `gate` (max p_t2s), both at tau = 1 and
+    detached. With `with_cross_entropy`, also `ce`, the student CE (as `student_cross_entropy`), from the same
+    gathered logits, so that the backward fills one gradient of the logits instead of two.
     """
     vocab_size = student.vocab_size
     unpadded = student.logit_width == vocab_size
@@ -59,15 +59,15 @@ def student_space(
         projected_logits = t2s_logits(hidden, lm_head_weight)
         projected_log_probs = torch.log_softmax(projected_logits.float(), dim=-1)
         student_log_probs = None  # tau = 1, every column; computed only where something uses it
-        if with_cross_entropy or (options.entropy_weighting and unpadded):
+        if with_cross_entropy or (options.use_entropy_weighting and unpadded):
             student_log_probs = torch.log_softmax(student_logits.float(), dim=-1)
         terms = {
             "kd": divergence(
-                options.divergence,
+                options.kd_divergence,
                 student_logits,
                 projected_logits.detach(),
-                options.temperature,
-                skew=options.skew,
+                options.kd_temperature,
+                skew=options.kd_skew,
                 unscaled=student_log_probs,
                 target_unscaled=projected_log_probs.detach(),
             ),
@@ -76,16 +76,16 @@ def student_space(
         }
         if with_cross_entropy:
             terms["ce"] = F.nll_loss(student_log_probs, labels, reduction="none")
-        if options.entropy_weighting:
+        if options.use_entropy_weighting:
             terms["entropy"] = entropy(vocabulary_log_probs(student_logits, student_log_probs, vocab_size))
-            if options.teacher_gate:
+            if options.use_teacher_gate:
                 terms["gate"] = max_probability(
                     vocabulary_log_probs(projected_logits, projected_log_probs, vocab_size)
                 )
         return terms
 
     per_token = (responses.batch_index, responses.position_index, responses.token_labels(), t2s_hidden)
-    return over_token_chunks(chunk, per_token, (student.lm_head_weight,), options.chunk_size)
+    return over_token_chunks(chunk, per_token, (student.lm_head_weight,), options.kd_chunk_size)
 
 
 def teacher_space(
@@ -93,8 +93,9 @@ def teacher_space(
 ) -> dict[str, torch.Tensor]:
     """Per teacher response token, from the teacher logits and `s2t_hidden` (N_t, d_t) rows of h_s2t:
 
-    `kd`: divergence of p_s2t from the detached p_t at the temperature (gradient into h_s2t); `correct`:
-    argmax z_s2t == teacher label; with entropy weighting, `entropy` (H_t at tau = 1, detached).
+    `kd`: divergence (`options.teacher_divergence`) of p_s2t from the detached p_t at the temperature (gradient
+    into h_s2t); `correct`: argmax z_s2t == teacher label; with entropy weighting, `entropy` (H_t at tau = 1,
+    detached).
     """
     vocab_size = teacher.vocab_size
     unpadded = teacher.logit_width == vocab_size
@@ -103,22 +104,22 @@ def teacher_space(
         teacher_logits = teacher.logits_at(batch_index, position_index).detach()
         projected_logits = s2t_logits(hidden, lm_head_weight)
         teacher_log_probs = None  # tau = 1, every column; computed only where something uses it
-        if options.entropy_weighting and unpadded:
+        if options.use_entropy_weighting and unpadded:
             teacher_log_probs = torch.log_softmax(teacher_logits.float(), dim=-1)
         terms = {
             "kd": divergence(
-                options.divergence,
+                options.teacher_divergence,
                 projected_logits,
                 teacher_logits,
-                options.temperature,
-                skew=options.skew,
+                options.kd_temperature,
+                skew=options.kd_skew,
                 target_unscaled=teacher_log_probs,
             ),
             "correct": predicts(projected_logits, labels),
         }
-        if options.entropy_weighting:
+        if options.use_entropy_weighting:
             terms["entropy"] = entropy(vocabulary_log_probs(teacher_logits, teacher_log_probs, vocab_size))
         return terms
 
     per_token = (responses.batch_index, responses.position_index, responses.token_labels(), s2t_hidden)
-    return over_token_chunks(chunk, per_token, (teacher.lm_head_weight,), options.chunk_size)
+    return over_token_chunks(chunk, per_token, (teacher.lm_head_weight,), options.kd_chunk_size)

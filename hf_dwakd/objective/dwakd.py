@@ -4,9 +4,9 @@ import torch
 
 from hf_dwakd.objective.alignment import attention_band, embedding_alignment, hidden_alignment
 from hf_dwakd.objective.attention import CrossModelAttention, cross_model_attention
-from hf_dwakd.objective.checks import check_inputs, check_responses, loss_denominator
+from hf_dwakd.objective.checks import check_pair, check_projectors, check_responses, loss_denominator
 from hf_dwakd.objective.dual_space import student_cross_entropy, student_space, teacher_space
-from hf_dwakd.objective.options import DWAKDLossOptions
+from hf_dwakd.objective.options import CONFIG_OPTIONS, DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses, gather_responses
 from hf_dwakd.objective.weights import (
@@ -16,6 +16,7 @@ from hf_dwakd.objective.weights import (
     teacher_raw_weights,
 )
 from hf_dwakd.projectors import DWAKDProjectors
+from hf_dwakd.registry import DistillationMethod, LossContext, register_method
 
 # Which lambda multiplies each summed term.
 TERM_WEIGHTS = {
@@ -54,9 +55,9 @@ def _dual_space_kd(
     }
     student_token_weights = torch.ones_like(student_terms["kd"])
     teacher_token_weights = torch.ones_like(teacher_terms["kd"])
-    if options.entropy_weighting:
+    if options.use_entropy_weighting:
         batch_size = student_responses.lengths.shape[0]
-        gate = student_terms["gate"] if options.teacher_gate else None
+        gate = student_terms["gate"] if options.use_teacher_gate else None
         student_token_weights = student_weights(
             student_terms["entropy"],
             gate,
@@ -64,7 +65,7 @@ def _dual_space_kd(
             student_responses.batch_index,
             batch_size,
         )
-        stats["weight_student"] = student_raw_weights(student_terms["entropy"], gate, options.teacher_gate).mean()
+        stats["weight_student"] = student_raw_weights(student_terms["entropy"], gate, options.use_teacher_gate).mean()
         raw = teacher_raw_weights(teacher_terms["entropy"], teacher.vocab_size)
         teacher_token_weights = normalise_per_sequence(raw, teacher_responses.batch_index, batch_size)
         stats["weight_teacher"] = raw.mean()
@@ -86,23 +87,23 @@ def _alignment(
 ) -> dict[str, torch.Tensor]:
     """Summed per-sequence Soft-DTW divergences of the pairs switched on (docs/method.md, Soft-DTW alignment)."""
     band = None
-    if options.dtw_band:
+    if options.use_dtw_band:
         band = attention_band(
             attention.t2s_attention,
             student_responses.lengths,
             teacher_responses.lengths,
-            base=options.band_base,
-            beta=options.band_beta,
-            alpha=options.band_alpha,
-            penalty=options.band_penalty,
+            base=options.dtw_band_base,
+            beta=options.dtw_band_beta,
+            alpha=options.dtw_band_alpha,
+            penalty=options.dtw_band_penalty,
         )
     pairs = {
-        "dtw_hidden": (options.dtw_hidden, hidden_alignment),
-        "dtw_embed": (options.dtw_embed, embedding_alignment),
+        "dtw_hidden": (options.use_dtw_hidden, hidden_alignment),
+        "dtw_embed": (options.use_dtw_embed, embedding_alignment),
     }
     return {
         name: alignment(
-            student_responses, teacher_responses, projectors, options.gamma, band, options.dtw_backend
+            student_responses, teacher_responses, projectors, options.dtw_gamma, band, options.dtw_backend
         ).sum()
         for name, (enabled, alignment) in pairs.items()
         if enabled
@@ -124,7 +125,10 @@ def dwakd_loss(
     `dtw_hidden`, `dtw_embed` (each divided, before its lambda), `weight_student` and `weight_teacher` (mean raw
     weight over this batch's response tokens), `t2s_acc` and `s2t_acc` (this batch's token accuracies).
     """
-    check_inputs(student, teacher, projectors, options)
+    if not isinstance(options, DWAKDLossOptions):
+        raise TypeError(f"options must be a DWAKDLossOptions, got {type(options).__name__}.")
+    check_pair(student, teacher)
+    check_projectors(projectors, student, teacher)
     student_responses = gather_responses(student)
     teacher_responses = gather_responses(teacher)
     check_responses(student_responses, teacher_responses)
@@ -133,9 +137,9 @@ def dwakd_loss(
     sums: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}
     if options.ce_weight > 0 and not options.uses_kd:
-        sums["ce"] = student_cross_entropy(student, student_responses, options.chunk_size).sum()
+        sums["ce"] = student_cross_entropy(student, student_responses, options.kd_chunk_size).sum()
     attention = None
-    if options.uses_kd or (options.uses_dtw and options.dtw_band):
+    if options.uses_kd or (options.uses_dtw and options.use_dtw_band):
         attention = cross_model_attention(student_responses, teacher_responses, projectors)
     if options.uses_kd:
         kd_sums, stats = _dual_space_kd(student, teacher, student_responses, teacher_responses, attention, options)
@@ -147,3 +151,27 @@ def dwakd_loss(
     loss = sum(_term_weight(name, options) * value for name, value in components.items())
     logged = {name: value.detach() for name, value in {**components, **stats}.items()}
     return loss, logged
+
+
+def _loss_of_config(args, student, teacher, num_items_in_batch, context: LossContext):
+    return dwakd_loss(student, teacher, context.projectors, args.loss_options(context.step), num_items_in_batch)
+
+
+register_method(
+    DistillationMethod(
+        name="dwakd",
+        loss=_loss_of_config,
+        # Every knob of the objective, and the config fields that schedule or train it.
+        fields=(
+            *CONFIG_OPTIONS,
+            "kd_warmup_steps",
+            "alignment_plot_steps",
+            "dtw_gamma_end",
+            "dtw_gamma_anneal_steps",
+            "projector_learning_rate",
+        ),
+        needs_projectors=True,
+        embedding_projector=lambda args: args.loss_options().uses_dtw and args.use_dtw_embed,
+        token_sum_metrics=frozenset(TERM_WEIGHTS),
+    )
+)

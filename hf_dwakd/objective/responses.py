@@ -30,6 +30,11 @@ class Responses:
     def num_tokens(self) -> int:
         return self.batch_index.numel()
 
+    @property
+    def rank(self) -> torch.Tensor:
+        """(N,) each response token's index among its example's response positions (its slot in the packing)."""
+        return self.valid.nonzero(as_tuple=True)[1]
+
     def token_labels(self) -> torch.Tensor:
         """(N,) labels of the response tokens."""
         return self.labels[self.valid]

@@ -48,7 +48,15 @@ def _zero_padding(sequences, lengths):
     return sequences.masked_fill(beyond[:, :, None], 0.0)
 
 
-def soft_dtw_divergence(x, y, gamma, lengths_x=None, lengths_y=None, band=None, backend="auto"):
+def soft_dtw_divergence(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gamma: float,
+    lengths_x: torch.Tensor | None = None,
+    lengths_y: torch.Tensor | None = None,
+    band: SoftDTWBand | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """D(x, y) = sdtw(C~(x, y)) - [sdtw(C(x, x)) + sdtw(C(y, y))] / 2 per example, with C = 1 - cos.
 
     x: (B, N, d), y: (B, M, d) padded batches; lengths_x, lengths_y: (B,) integer tensors (None = full).

@@ -48,7 +48,9 @@ def _resolve_backend(name, cost):
     return triton
 
 
-def check_lengths(lengths, name, batch, size, device):
+def check_lengths(
+    lengths: torch.Tensor | None, name: str, batch: int, size: int, device: torch.device
+) -> torch.Tensor:
     if lengths is None:
         return torch.full((batch,), size, dtype=torch.long, device=device)
     if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or lengths.dtype.is_complex:
@@ -61,7 +63,7 @@ def check_lengths(lengths, name, batch, size, device):
     return lengths
 
 
-def check_gamma(gamma):
+def check_gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, Real) or not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}.")
     return float(gamma)
@@ -84,7 +86,13 @@ class _SoftDTW(torch.autograd.Function):
         return grad_cost.to(ctx.cost_dtype), None, None, None, None
 
 
-def soft_dtw(cost, gamma, lengths_x=None, lengths_y=None, backend="auto"):
+def soft_dtw(
+    cost: torch.Tensor,
+    gamma: float,
+    lengths_x: torch.Tensor | None = None,
+    lengths_y: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Soft-DTW value of each cost matrix of a padded batch.
 
     cost: (B, N, M) float tensor; example b uses cost[b, :lengths_x[b], :lengths_y[b]].

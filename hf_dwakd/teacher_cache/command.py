@@ -17,12 +17,8 @@ DESCRIPTION = (
 
 
 def main(argv):
-    from ..cli import (
-        TRAIN_DATACLASSES,
-        RecipeParser,
-        check_train_arguments,
-        load_train_datasets,
-    )
+    from ..scripts.recipe import RecipeParser, check_train_arguments
+    from ..scripts.train import TRAIN_DATACLASSES, load_train_datasets
     from ..trainer import _load_tokenizer
     from .build import build_teacher_cache
 
