@@ -43,25 +43,30 @@ TEACHER, STUDENT = "gemma-3-270m", "smollm2-135m-instruct"
 ROW_NAMES = (
     "sft",
     "dskd",
-    "dwakd",
+    "dwakd weights=product",
     "dwakd weights=entropy",
-    "dwakd kd_warmup",
+    "dwakd weights=product kd_warmup",
     "dwakd no entropy weighting",
-    "dwakd no Soft-DTW",
+    "dwakd weights=product no Soft-DTW",
     "gold",
 )
 
 
 def row_fields(name, student_steps):
-    """DWAKDConfig fields of row `name` (None for TRL's GOLDTrainer); each ablation changes one DWA-KD choice."""
+    """DWAKDConfig fields of row `name` (None for TRL's GOLDTrainer); each ablation changes one DWA-KD choice.
+
+    The ablations were run against `student_weight_normalization="product"`, the default of the time; they
+    name it so that the table stays reproducible now that the default is `"entropy"`.
+    """
+    product = dict(kd_method="dwakd", student_weight_normalization="product")
     return {
         "sft": dict(kd_method="sft"),
         "dskd": dict(kd_method="dskd"),
-        "dwakd": dict(kd_method="dwakd"),
+        "dwakd weights=product": product,
         "dwakd weights=entropy": dict(kd_method="dwakd", student_weight_normalization="entropy"),
-        "dwakd kd_warmup": dict(kd_method="dwakd", kd_warmup_steps=max(1, student_steps // 4)),
+        "dwakd weights=product kd_warmup": dict(product, kd_warmup_steps=max(1, student_steps // 4)),
         "dwakd no entropy weighting": dict(kd_method="dwakd", use_entropy_weighting=False),
-        "dwakd no Soft-DTW": dict(kd_method="dwakd", use_dtw=False),
+        "dwakd weights=product no Soft-DTW": dict(product, use_dtw=False),
         "gold": None,
     }[name]
 
@@ -220,7 +225,9 @@ def gold_trainer(args, teacher, train_rows, fields):
 
     Its byte-offset ("extended") ULD refuses Gemma's SentencePiece tokenizer, so it runs with
     `use_extended_uld=False`. `lmbda=0` trains on the dataset's responses only (no on-policy generation), the same
-    data as the other rows; CE and distillation are weighted 0.5 / 0.5 like the DWAKDTrainer rows.
+    data as the other rows; CE and distillation are weighted 0.5 / 0.5 like the DWAKDTrainer rows. GOLD refuses an
+    example whose completion fills `max_length`, so each row is first cut to the token budget DWAKDTrainer's
+    pipeline gives it: the prompt's first `max_prompt_length` student tokens, the response up to `max_length`.
     """
     from trl.experimental.gold import GOLDConfig, GOLDTrainer
 
@@ -233,15 +240,25 @@ def gold_trainer(args, teacher, train_rows, fields):
         uld_distillation_weight=0.5,
         **fields,
     )
-    dataset = Dataset.from_list([{"prompt": row["prompt"], "completion": row["output"]} for row in train_rows])
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_path(STUDENT))
+    dataset = Dataset.from_list([within_budget(row, tokenizer, args) for row in train_rows])
     return GOLDTrainer(
         model=AutoModelForCausalLM.from_pretrained(demo_model_path(STUDENT)),
         teacher_model=teacher,
         args=config,
         train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(demo_model_path(STUDENT)),
+        processing_class=tokenizer,
         peft_config=lora_config(args),
     )
+
+
+def within_budget(row, tokenizer, args):
+    """`row` as prompt-completion text cut to the student's token budget (a few tokens spare for special tokens and
+    for re-tokenizing the cut text)."""
+    prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][: args.max_prompt_length]
+    room = args.max_length - len(prompt_ids) - 8
+    completion_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:room]
+    return {"prompt": tokenizer.decode(prompt_ids), "completion": tokenizer.decode(completion_ids)}
 
 
 def score(name, model_path, adapter, args, eval_dir):

@@ -49,8 +49,9 @@ class DWAKDConfig(SFTConfig):
             space: `kd_divergence: skewed_reverse_kl` with `kd_teacher_divergence: forward_kl` reproduces them.
         kd_skew (`float`, defaults to `0.1`): mixture weight of the skewed divergences.
         use_entropy_weighting, use_teacher_gate (`bool`, default `True`): ablation switches of the token weights.
-        student_weight_normalization (`str`, defaults to `"product"`): `"product"` normalises H_s * g per sequence;
-            `"entropy"` (the released DWA-KD code) normalises H_s and multiplies by the raw gate g.
+        student_weight_normalization (`str`, defaults to `"entropy"`): `"entropy"` (the released DWA-KD code)
+            normalises H_s per sequence and multiplies by the raw gate g; `"product"` normalises H_s * g (this
+            project's default before the quality benchmark showed it worse, see docs/method.md).
         kd_warmup_steps (`int`, defaults to `0`): ramp the student-space KD term linearly from 0 to full weight
             over this many optimizer steps (the released DWA-KD code's warm-up; the teacher-space KD and the
             projectors' warm-up CE keep their full weight, so the projection learns before it is imitated).
@@ -133,10 +134,10 @@ class DWAKDConfig(SFTConfig):
         default=True, metadata={"help": "Ablation: multiply the student entropy by the teacher confidence gate."}
     )
     student_weight_normalization: str = field(
-        default="product",
+        default="entropy",
         metadata={
-            "help": "What the per-sequence normalisation of the student KD weights covers: 'product' (H_s * gate) "
-            "or 'entropy' (H_s alone, then times the raw gate, as the released DWA-KD code does)."
+            "help": "What the per-sequence normalisation of the student KD weights covers: 'entropy' (H_s alone, "
+            "then times the raw gate, as the released DWA-KD code does) or 'product' (H_s * gate)."
         },
     )
     kd_warmup_steps: int = field(

@@ -229,8 +229,8 @@ def test_the_teacher_divergence_changes_only_the_teacher_space_term():
     [
         dict(use_entropy_weighting=False),
         dict(use_teacher_gate=False),
-        dict(student_weight_normalization="entropy"),
-        dict(student_weight_normalization="entropy", use_teacher_gate=False),
+        dict(student_weight_normalization="product"),
+        dict(student_weight_normalization="product", use_teacher_gate=False),
         dict(kd_student_scale=0.25),
         dict(use_dtw_band=False),
         dict(use_dtw_hidden=False),

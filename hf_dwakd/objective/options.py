@@ -34,7 +34,7 @@ class DWAKDLossOptions:
     kd_skew: float = 0.1
     use_entropy_weighting: bool = True
     use_teacher_gate: bool = True
-    student_weight_normalization: str = "product"
+    student_weight_normalization: str = "entropy"
     kd_student_scale: float = 1.0
     use_dtw: bool = True
     use_dtw_band: bool = True
