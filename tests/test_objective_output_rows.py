@@ -158,7 +158,7 @@ def saved_bytes_of_dwakd(student_width, chunk_size, ce_weight):
     )
     torch.manual_seed(8)
     projectors = DWAKDProjectors(8, 12)
-    options = DWAKDLossOptions(chunk_size=chunk_size, ce_weight=ce_weight)
+    options = DWAKDLossOptions(kd_chunk_size=chunk_size, ce_weight=ce_weight)
     existing = [
         *(getattr(side, name) for side in (student, teacher) for name in ("hidden", "input_embeds", "target_embeds")),
         student_layer.weight,

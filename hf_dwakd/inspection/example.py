@@ -37,14 +37,23 @@ def example_sides(student_model, teacher_model, batch, student_vocab_size, teach
                 attention_mask=batch[f"{prefix}attention_mask"].to(device),
                 output_hidden_states=True,
                 use_cache=False,
+                logits_to_keep=1,  # the losses apply the output layer to the rows they read
             )
             embeddings = model.get_input_embeddings()(input_ids)  # the embedding layer alone, not a second forward
         finally:
             model.train(was_training)
         labels = batch[f"{prefix}labels"].to(device)
-        weight = model.get_output_embeddings().weight
+        output_layer = model.get_output_embeddings()
         sides.append(
-            shift_for_next_token(outputs.logits, outputs.hidden_states[-1], embeddings, labels, weight, vocab_size)
+            shift_for_next_token(
+                None,
+                outputs.hidden_states[-1],
+                embeddings,
+                labels,
+                output_layer.weight,
+                vocab_size,
+                output_layer=output_layer,
+            )
         )
     return tuple(sides)
 
