@@ -333,7 +333,8 @@ def test_cache_teacher_command_needs_the_folder(tmp_path, folders, capsys):
 
     with pytest.raises(SystemExit):
         cli.main(["cache-teacher", "--model_name_or_path", str(folders / "student"),
-                  "--teacher_model_name_or_path", str(folders / "teacher"), "--dataset_name", str(tmp_path)])
+                  "--teacher_model_name_or_path", str(folders / "teacher"), "--dataset_name", str(tmp_path),
+                  "--use_cpu", "true", "--bf16", "false"])
     assert "`teacher_cache_dir`" in capsys.readouterr().err
 
 
