@@ -13,18 +13,8 @@ from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss, gather
 from hf_dwakd.projectors import DWAKDProjectors
 from hf_dwakd.registry import DistillationMethod, get_method, register_method
 
-from testing_utils import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, make_config, tiny_causal_lm
 
-CONFIG = dict(
-    report_to="none",
-    use_cpu=True,
-    bf16=False,
-    gradient_checkpointing=False,
-    max_length=64,
-    max_prompt_length=32,
-    max_steps=1,
-    logging_steps=1,
-)
 ROWS = [
     {"prompt": "Name a colour.\n", "completion": "Blue, like the sky."},
     {"prompt": "Add 2 and 3.\n", "completion": "2 + 3 = 5"},
@@ -32,7 +22,7 @@ ROWS = [
 
 
 def config(tmp_path, **fields):
-    return DWAKDConfig(output_dir=str(tmp_path / "out"), **CONFIG, **fields)
+    return make_config(tmp_path, max_steps=1, **fields)
 
 
 def side(responses, vocab_size, hidden, seed, length=7):
@@ -108,7 +98,7 @@ def test_a_registered_method_gives_the_loss_and_trains_a_step(tmp_path, toy_regi
     trainer = DWAKDTrainer(
         model=model,
         teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, seed=2),
-        args=config(tmp_path, kd_method="toy", kd_weight=0.3, learning_rate=1e-2, per_device_train_batch_size=2),
+        args=config(tmp_path, kd_method="toy", kd_weight=0.3),
         train_dataset=Dataset.from_list(ROWS),
         processing_class=student_tokenizer,
         teacher_processing_class=teacher_tokenizer,
