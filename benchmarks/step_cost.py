@@ -8,9 +8,11 @@ Run: python benchmarks/step_cost.py [--device cpu|cuda] [--steps 4] [--warmup 1]
 `--pair demo` times the CPU demo's two real models instead (`hf_dwakd.demo.models`, converted once into
 ~/.cache/hf_dwakd), in both directions: Gemma-3-270M student with LoRA r8 on every linear layer and
 SmolLM2-135M-Instruct teacher, then SmolLM2 student with LoRA and Gemma-3 teacher; on the demo's own Dolly rows
-(`--seq_len` and half of it for the prompt bound the tokens). `--reference-src PATH`: also time the package in
-PATH (a checkout of another commit, e.g. `git archive 189f430 | tar -x -C /tmp/ref`) in the same run, each of
-its workers with PYTHONPATH=PATH, and print the ratios of the two.
+(`--seq_len` and half of it for the prompt bound the tokens). A third direction, named only with `--directions`,
+has a teacher of Gemma-3-1B's shape with random weights: a teacher whose decoder, not its vocabulary, is most of it.
+`--reference-src PATH`: also time the package in PATH (a checkout of another commit, e.g.
+`git archive 189f430 | tar -x -C /tmp/ref`) in the same run, each of its workers with PYTHONPATH=PATH, and print
+the ratios of the two.
 
 A step is what the real trainer does between `on_step_begin` and `on_step_end`: student and teacher forward,
 loss, backward, gradient clipping, optimizer step. Each method runs in a fresh subprocess (so memory peaks do not
@@ -30,8 +32,10 @@ CUDA `torch.cuda.max_memory_allocated`, on CPU the process's resident set, sampl
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +56,13 @@ DOLLY = ROOT / "hf_dwakd" / "demo" / "data" / "dolly_train.jsonl"
 DEMO_DIRECTIONS = {
     "gemma-3-270m <- smollm2-135m-instruct": ("gemma-3-270m", "smollm2-135m-instruct"),
     "smollm2-135m-instruct <- gemma-3-270m": ("smollm2-135m-instruct", "gemma-3-270m"),
+    "smollm2-135m-instruct <- gemma-3-1b-random": ("smollm2-135m-instruct", "gemma-3-1b-random"),
 }
+# Not a demo model: Gemma-3-1B's sizes (from its released config) on Gemma-3-270M's config and tokenizer, with random
+# weights. Its decoder layers, not its vocabulary, hold most of its 1.0B parameters, as in the paper's teachers.
+GEMMA_3_1B_SIZES = dict(
+    hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4, num_key_value_heads=1
+)
 # Every kd_method at its defaults, and DWA-KD without Soft-DTW so that the alignment's own cost shows.
 VARIANTS = {method: dict(kd_method=method) for method in KD_METHODS}
 VARIANTS["dwakd_no_dtw"] = dict(kd_method="dwakd", use_dtw=False)
@@ -88,7 +98,7 @@ def parse_args(argv=None):
     parser.add_argument("--pair", choices=("random", "demo"), default="random", help="random models or the demo's")
     parser.add_argument("--reference-src", type=Path, help="also time the hf_dwakd package found in this folder")
     parser.add_argument(
-        "--directions", nargs="+", choices=list(DEMO_DIRECTIONS), help="--pair demo: which (default: both)"
+        "--directions", nargs="+", choices=list(DEMO_DIRECTIONS), help="--pair demo: which (default: the demo's two)"
     )
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--direction", choices=list(DEMO_DIRECTIONS), help=argparse.SUPPRESS)
@@ -160,6 +170,7 @@ def build_cache(teacher, teacher_tokenizer, student_tokenizer, config, rows):
     from hf_dwakd.teacher_cache import build_teacher_cache
 
     scratch = Path(tempfile.mkdtemp(prefix="hf_dwakd_step_cost_cache_"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # the saved teacher and cache, gigabytes
     folder = Path(teacher.config._name_or_path or scratch / "missing")
     if not (folder / "config.json").is_file():
         folder = scratch / "teacher"
@@ -272,16 +283,24 @@ def demo_pair(args, uses_teacher):
     """The demo's student (LoRA r8 on every linear layer, as recipes/demo_cpu.yaml) and teacher for
     `args.direction`, with their tokenizers and the LoRA config."""
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from hf_dwakd.demo.models import demo_model_path
 
-    paths = [demo_model_path(name) for name in DEMO_DIRECTIONS[args.direction]]
+    student_name, teacher_name = DEMO_DIRECTIONS[args.direction]
+    random_teacher = teacher_name == "gemma-3-1b-random"
+    paths = [demo_model_path(student_name), demo_model_path("gemma-3-270m" if random_teacher else teacher_name)]
     student_tokenizer, teacher_tokenizer = (AutoTokenizer.from_pretrained(path) for path in paths)
     torch.manual_seed(1)
     student = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32).to(args.device)
     teacher = None
-    if uses_teacher:
+    if uses_teacher and random_teacher:
+        fields = {**AutoConfig.from_pretrained(paths[1]).to_dict(), **GEMMA_3_1B_SIZES}
+        del fields["layer_types"]  # rebuilt for 26 layers from the sliding-window pattern
+        del fields["_name_or_path"]  # not the 270M folder: the cached rows save this teacher and build from it
+        teacher = AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields), dtype=torch.float32)
+        teacher.to(args.device)
+    elif uses_teacher:
         teacher = AutoModelForCausalLM.from_pretrained(paths[1], dtype=torch.float32).to(args.device)
     peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return student, teacher, student_tokenizer, teacher_tokenizer, peft_config
@@ -429,14 +448,22 @@ def print_table(results, args, title):
         )
     print_cache_figures(results, args)
     if "dwakd" in results and "dskd" in results:
-        ours, dskd = results["dwakd"], results["dskd"]
-        print(
-            f"\ndwakd / dskd: time {ours['seconds'] / dskd['seconds']:.2f} (paper {PAPER_TIME_RATIO:.2f}), CPU time "
-            f"{ours['cpu_seconds'] / dskd['cpu_seconds']:.2f}, "
-            f"step peak memory {ours['step_peak_mib'] / dskd['step_peak_mib']:.2f}, total peak memory "
-            f"{ours['total_peak_mib'] / dskd['total_peak_mib']:.2f} (paper {PAPER_MEMORY_RATIO:.2f}, 7B-scale weights "
-            "included)"
+        print_ratios(
+            "dwakd / dskd",
+            results["dwakd"],
+            results["dskd"],
+            time_note=f"paper {PAPER_TIME_RATIO:.2f}",
+            memory_note=f"paper {PAPER_MEMORY_RATIO:.2f}, 7B-scale weights included",
         )
+
+
+def print_ratios(label, ours, theirs, time_note, memory_note):
+    print(
+        f"\n{label}: time {ours['seconds'] / theirs['seconds']:.2f} ({time_note}), CPU time "
+        f"{ours['cpu_seconds'] / theirs['cpu_seconds']:.2f}, step peak memory "
+        f"{ours['step_peak_mib'] / theirs['step_peak_mib']:.2f}, total peak memory "
+        f"{ours['total_peak_mib'] / theirs['total_peak_mib']:.2f} ({memory_note})"
+    )
 
 
 def print_comparison(reference, current, title):
@@ -474,12 +501,12 @@ def print_cache_figures(results, args):
             "epochs (build seconds per example / seconds saved per example)"
         )
     if "dwakd_cached" in results and "dskd" in results:
-        ours, dskd = results["dwakd_cached"], results["dskd"]
-        print(
-            f"dwakd_cached / live dskd: time {ours['seconds'] / dskd['seconds']:.2f} (bar 0.80), CPU time "
-            f"{ours['cpu_seconds'] / dskd['cpu_seconds']:.2f}, total peak memory "
-            f"{ours['total_peak_mib'] / dskd['total_peak_mib']:.2f} (bar < 1), step peak "
-            f"{ours['step_peak_mib'] / dskd['step_peak_mib']:.2f}"
+        print_ratios(
+            "dwakd_cached / live dskd",
+            results["dwakd_cached"],
+            results["dskd"],
+            time_note="bar 0.80",
+            memory_note="bar < 1",
         )
 
 
@@ -492,7 +519,7 @@ def main(argv=None):
     sources = {"current": ROOT}
     if args.reference_src is not None:
         sources["reference"] = args.reference_src.resolve()
-    directions = (args.directions or list(DEMO_DIRECTIONS)) if args.pair == "demo" else [None]
+    directions = (args.directions or list(DEMO_DIRECTIONS)[:2]) if args.pair == "demo" else [None]
     print(f"load average before: {' '.join(f'{load:.2f}' for load in os.getloadavg())}", flush=True)
     for direction in directions:
         results = {name: {} for name in sources}
