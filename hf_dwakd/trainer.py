@@ -25,6 +25,7 @@ from .data import DistillationCollator, check_dataset_columns, prepare_distillat
 from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
+from .objective.outputs import no_logit_positions
 from .projectors import DWAKDProjectors
 from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
@@ -318,13 +319,15 @@ class DWAKDTrainer(SFTTrainer):
         unwrapped = self.accelerator.unwrap_model(model)
         output_module = unwrapped.get_output_embeddings()
         rows_only = not full_logits and self._logits_from_hidden.get(role, _accepts_logits_to_keep(unwrapped))
+        # The first batch keeps one position for the check; later ones none (an empty index: no output layer).
+        keep = 1 if role not in self._logits_from_hidden else no_logit_positions(input_ids.device)
         with _captured_output(unwrapped.get_input_embeddings()) as embeddings:
             outputs = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 output_hidden_states=True,
                 use_cache=False,
-                **({"logits_to_keep": 1} if rows_only else {}),
+                **({"logits_to_keep": keep} if rows_only else {}),
             )
         hidden = outputs.hidden_states[-1]
         output_layer = self._output_layer(output_module)

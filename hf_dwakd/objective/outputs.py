@@ -8,6 +8,12 @@ import torch
 IGNORE_INDEX = -100
 
 
+def no_logit_positions(device) -> torch.Tensor:
+    """A `logits_to_keep` that keeps no position, so a model's forward applies its output layer to nothing (an int
+    cannot: 0 means every position)."""
+    return torch.empty(0, dtype=torch.long, device=device)
+
+
 @dataclass
 class SideOutputs:
     """One model's view of a batch.

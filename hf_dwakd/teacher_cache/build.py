@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ..data import DistillationCollator, prepare_distillation_dataset
-from ..objective.outputs import IGNORE_INDEX
+from ..objective.outputs import IGNORE_INDEX, no_logit_positions
 from .store import (
     CACHE_FORMAT,
     HIDDEN_COLUMN,
@@ -153,7 +153,7 @@ def _teacher_states(teacher_model, batch, args, device, check: bool) -> list[tor
             attention_mask=batch["teacher_attention_mask"].to(device),
             output_hidden_states=True,
             use_cache=False,
-            **({} if check else {"logits_to_keep": 1}),  # only the check needs the logits
+            **({} if check else {"logits_to_keep": no_logit_positions(device)}),  # only the check needs logits
         )
         last_hidden = outputs.hidden_states[-1]
         if check:
