@@ -63,6 +63,9 @@ class DWAKDConfig(SFTConfig):
             the band's base width `b`, entropy slope `beta`, centre mix `alpha` and penalty `lambda_band`.
         dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
         kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
+        unpadded_forward (`bool`, defaults to `True`): run each model on the batch's real tokens only (one
+            sequence, position ids restarting per row; `hf_dwakd.unpadded`), checked against the padded forward on
+            the first batch. Unlike TRL's `padding_free`, the collator still pads; only the forward skips padding.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
         alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
             every N steps (`hf_dwakd.inspection`); 0 = off.
@@ -168,6 +171,15 @@ class DWAKDConfig(SFTConfig):
     kd_chunk_size: int | None = field(
         default=None, metadata={"help": "Tokens per chunk for the vocabulary-wide terms (None = all at once)."}
     )
+    unpadded_forward: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each model's forward on the batch's real tokens only, as one sequence with position ids "
+            "restarting per row, and put its outputs back in the padded layout (same values; no layer runs on "
+            "padding). Checked on the first batch: a model whose attention does not keep the rows apart runs "
+            "padded, with a warning."
+        },
+    )
     projector_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the projectors' optimizer parameter group."}
     )
@@ -240,7 +252,8 @@ class DWAKDConfig(SFTConfig):
         if self.packing or self.padding_free:
             raise ValueError(
                 "`packing` and `padding_free` are not supported by DWAKDTrainer: each example is aligned across two "
-                "tokenizers. Set `packing=False` and `padding_free=False`."
+                "tokenizers. Set `packing=False` and `padding_free=False`; the models' forwards already skip "
+                "padding (`unpadded_forward`, on by default)."
             )
 
     def loss_options(self, step: int = 0) -> DWAKDLossOptions:

@@ -30,6 +30,7 @@ from .projectors import DWAKDProjectors
 from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
 from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
+from .unpadded import repadded, unpadded_forward_matches, unpadded_inputs
 
 PROJECTORS_NAME = "projectors.safetensors"
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
@@ -179,6 +180,8 @@ class DWAKDTrainer(SFTTrainer):
         # Per role ("student", "teacher"): whether the output layer on the last hidden state gives the model's
         # logits, checked on the first batch (`_side_outputs`).
         self._logits_from_hidden = {}
+        # Per role: whether its forward runs unpadded (`unpadded_forward`), decided on the first batch.
+        self._unpadded_forward = {}
         self.teacher_model = None
         self.cached_teacher = None  # a `LightTeacher` when the teacher's states come from a cache
         if teacher_model is not None:
@@ -319,17 +322,22 @@ class DWAKDTrainer(SFTTrainer):
         unwrapped = self.accelerator.unwrap_model(model)
         output_module = unwrapped.get_output_embeddings()
         rows_only = not full_logits and self._logits_from_hidden.get(role, _accepts_logits_to_keep(unwrapped))
+        unpadded = rows_only and self._unpadded_forward.get(role, False)
         # The first batch keeps one position for the check; later ones none (an empty index: no output layer).
         keep = 1 if role not in self._logits_from_hidden else no_logit_positions(input_ids.device)
+        forward_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if unpadded:
+            forward_inputs = dict(zip(("input_ids", "position_ids"), unpadded_inputs(input_ids, attention_mask)))
         with _captured_output(unwrapped.get_input_embeddings()) as embeddings:
             outputs = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
+                **forward_inputs,
                 output_hidden_states=True,
                 use_cache=False,
                 **({"logits_to_keep": keep} if rows_only else {}),
             )
-        hidden = outputs.hidden_states[-1]
+        hidden, input_embeds = outputs.hidden_states[-1], embeddings[0]
+        if unpadded:
+            hidden, input_embeds = repadded(hidden, attention_mask), repadded(input_embeds, attention_mask)
         output_layer = self._output_layer(output_module)
         if rows_only and role not in self._logits_from_hidden:
             self._logits_from_hidden[role] = _reproduces_logits(output_layer, hidden[:, -1], outputs.logits[:, -1])
@@ -339,16 +347,30 @@ class DWAKDTrainer(SFTTrainer):
                     "soft-capping or a logit scale?): it runs its full forward, output layer at every position."
                 )
                 return self._side_outputs(model, input_ids, attention_mask, labels, vocab_size, role)
+            self._unpadded_forward[role] = self.args.unpadded_forward and self._unpadded_forward_works(
+                unwrapped, input_ids, attention_mask, role
+            )
         side = shift_for_next_token(
             None if rows_only else outputs.logits,
             hidden,
-            embeddings[0],
+            input_embeds,
             labels,
             self._full_lm_head_weight(output_module.weight),
             vocab_size,
             output_layer=output_layer if rows_only else None,
         )
         return side, outputs.logits
+
+    def _unpadded_forward_works(self, model, input_ids, attention_mask, role):
+        """Checked once, on the first batch: a model whose unpadded forward differs from its padded one (its
+        attention ignores position ids) keeps running padded, with a warning."""
+        if unpadded_forward_matches(model, input_ids, attention_mask):
+            return True
+        warnings.warn(
+            f"The {role}'s forward on unpadded rows (position ids restarting per row, no attention mask) differs "
+            "from its padded forward: its attention does not keep packed rows apart. It runs padded."
+        )
+        return False
 
     def _output_layer(self, module):
         """`module` on hidden rows under the mixed-precision autocast that the prepared model's forward uses."""

@@ -41,7 +41,14 @@ def load_tokenizer(name):
 
 def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, vocab_size=None, seed=0):
     """A random-init causal LM sized for `tokenizer` (or a padded `vocab_size`), built from config."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
     vocab_size = vocab_size or len(tokenizer)
@@ -54,6 +61,19 @@ def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, voca
     if family == "gpt2":
         config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=2, n_positions=1024, **common)
         return GPT2LMHeadModel(config)
+    if family == "gemma3":  # sliding-window attention over 4 tokens in every layer but each sixth
+        config = Gemma3TextConfig(
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=hidden_size // 2,
+            max_position_embeddings=1024,
+            sliding_window=4,
+            **common,
+        )
+        return Gemma3ForCausalLM(config)
     config = LlamaConfig(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
