@@ -492,13 +492,15 @@ def print_cache_figures(results, args):
         cached, live = results[name], results[method]
         per_example = cached["cache_build_seconds"] / cached["cache_examples"]
         saved_per_example = (live["seconds"] - cached["seconds"]) / args.batch_size
-        break_even = f"{per_example / saved_per_example:.2f}" if saved_per_example > 0 else "never (no step saved)"
+        break_even = "no break-even: no step time saved"
+        if saved_per_example > 0:
+            break_even = f"break-even after {per_example / saved_per_example:.2f} epochs (build seconds per example / "
+            break_even += "seconds saved per example)"
         print(
             f"\n{name}: build {cached['cache_build_seconds']:.1f} s for {cached['cache_examples']} examples (teacher "
             f"load included), {cached['cache_bytes'] / MIB * 1000 / cached['cache_examples']:.1f} MiB on disk per "
             f"1,000 examples; step time {cached['seconds'] / live['seconds']:.2f}x, total peak "
-            f"{cached['total_peak_mib'] / live['total_peak_mib']:.2f}x live {method}; break-even after {break_even} "
-            "epochs (build seconds per example / seconds saved per example)"
+            f"{cached['total_peak_mib'] / live['total_peak_mib']:.2f}x live {method}; {break_even}"
         )
     if "dwakd_cached" in results and "dskd" in results:
         print_ratios(
