@@ -71,6 +71,9 @@ def train_arguments(folder, output_dir, **overrides):
         dataloader_num_workers=0,
         disable_tqdm="true",
         seed=0,
+        # Padded forwards throughout: each process runs its first batch padded (the checks) and later ones unpadded,
+        # and the two runs do not place the same batches first, which would differ by rounding that Adam amplifies.
+        unpadded_forward="false",
     )
     flags.update(overrides)
     return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
