@@ -9,11 +9,10 @@ from hf_dwakd import DWAKDConfig, DWAKDTrainer, registry
 from hf_dwakd.baselines import dskd_loss, uld_loss
 from hf_dwakd.baselines.common import response_logits, student_ce
 from hf_dwakd.methods import distillation_loss
-from hf_dwakd.objective import DWAKDLossOptions, SideOutputs, dwakd_loss, gather_responses
-from hf_dwakd.projectors import DWAKDProjectors
+from hf_dwakd.objective import DWAKDLossOptions, dwakd_loss, gather_responses
 from hf_dwakd.registry import DistillationMethod, get_method, register_method
 
-from testing_utils import load_tokenizer, make_config, tiny_causal_lm
+from testing_utils import load_tokenizer, make_config, make_inputs, tiny_causal_lm
 
 ROWS = [
     {"prompt": "Name a colour.\n", "completion": "Blue, like the sky."},
@@ -23,34 +22,6 @@ ROWS = [
 
 def config(tmp_path, **fields):
     return make_config(tmp_path, max_steps=1, **fields)
-
-
-def side(responses, vocab_size, hidden, seed, length=7):
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.full((len(responses), length), -100)
-    for row, positions in enumerate(responses):
-        labels[row, positions] = torch.randint(0, vocab_size, (len(positions),), generator=generator)
-
-    def leaf(*shape):
-        return torch.randn(*shape, generator=generator).requires_grad_(True)
-
-    batch = len(responses)
-    return SideOutputs(
-        logits=leaf(batch, length, vocab_size),
-        hidden=leaf(batch, length, hidden),
-        input_embeds=leaf(batch, length, hidden),
-        target_embeds=leaf(batch, length, hidden),
-        labels=labels,
-        lm_head_weight=leaf(vocab_size, hidden),
-        vocab_size=vocab_size,
-    )
-
-
-def pair():
-    student = side([[1, 2, 3, 5], [3, 4]], vocab_size=9, hidden=4, seed=0)
-    teacher = side([[2, 3, 4], [1, 2, 3]], vocab_size=7, hidden=6, seed=1)
-    torch.manual_seed(2)
-    return student, teacher, DWAKDProjectors(4, 6)
 
 
 # ---- a toy method, registered in one place --------------------------------------------------------------------
@@ -86,7 +57,7 @@ def test_a_registered_method_is_checked_by_the_config(tmp_path, toy_registered):
 
 
 def test_a_registered_method_gives_the_loss_and_trains_a_step(tmp_path, toy_registered):
-    student, teacher, _ = pair()
+    student, teacher, _ = make_inputs()
     args = config(tmp_path, kd_method="toy", kd_weight=0.3)
     loss, metrics = distillation_loss(args, student, teacher, None)
     expected, _ = _toy_loss(args, student, teacher, None, None)
@@ -148,7 +119,7 @@ def test_the_config_fields_are_the_objective_options(tmp_path):
 def test_dskd_ce_weight_follows_kd_weight_unless_both_are_set(tmp_path):
     args = config(tmp_path, kd_method="dskd", kd_weight=0.9)
     assert args.ce_weight == pytest.approx(0.1)
-    student, teacher, projectors = pair()
+    student, teacher, projectors = make_inputs()
     loss, metrics = distillation_loss(args, student, teacher, None, projectors=projectors)
     assert loss.item() == pytest.approx((0.1 * metrics["ce"] + 0.9 * metrics["kd"]).item(), rel=1e-6)
 
@@ -164,7 +135,7 @@ def test_dskd_ce_weight_follows_kd_weight_unless_both_are_set(tmp_path):
 
 
 def test_dskd_teacher_divergence_is_forward_kl_unless_set(tmp_path):
-    student, teacher, projectors = pair()
+    student, teacher, projectors = make_inputs()
 
     def kd_teacher(**fields):
         args = config(tmp_path, kd_method="dskd", **fields)
@@ -181,7 +152,7 @@ def test_dskd_teacher_divergence_is_forward_kl_unless_set(tmp_path):
 
 
 def test_a_count_per_gpu_as_data_parallel_passes_it_is_summed():
-    student, teacher, projectors = pair()
+    student, teacher, projectors = make_inputs()
     per_gpu = torch.tensor([[20], [20]])  # Trainer under nn.DataParallel: (n_gpu, 1)
     options = DWAKDLossOptions()
     assert dwakd_loss(student, teacher, projectors, options, per_gpu)[0] == dwakd_loss(

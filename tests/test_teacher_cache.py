@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset, load_from_disk
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import AutoModelForCausalLM
 
 from hf_dwakd import DWAKDTrainer
 from hf_dwakd.data import DistillationCollator, prepare_distillation_dataset
@@ -232,22 +232,7 @@ def test_resume_with_a_cache_equals_an_uninterrupted_run(tmp_path, folders):
 
 def test_a_soft_capping_teacher_is_refused_at_build(tmp_path, folders):
     tokenizer = load_tokenizer("llama2")
-    torch.manual_seed(0)
-    capped = Gemma3ForCausalLM(
-        Gemma3TextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            final_logit_softcapping=0.5,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    capped = tiny_causal_lm(tokenizer, family="gemma3", final_logit_softcapping=0.5)
     capped.save_pretrained(tmp_path / "capped")
     tokenizer.save_pretrained(tmp_path / "capped")
     with pytest.raises(ValueError, match=r"capped.*final_logit_softcapping=0.5.*train with the live teacher"):

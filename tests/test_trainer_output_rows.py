@@ -6,30 +6,11 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from hf_dwakd import DWAKDTrainer
 
 from testing_utils import ROWS, load_tokenizer, make_config, make_trainer, tiny_causal_lm
-
-
-def tiny_gemma3(tokenizer, final_logit_softcapping=None, seed=1):
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=1024,
-        final_logit_softcapping=final_logit_softcapping,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return Gemma3ForCausalLM(config)
 
 
 def sft_trainer(tmp_path, model, tokenizer, **overrides):
@@ -52,10 +33,7 @@ def model_loss(model, batch):
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_the_output_layer_on_the_last_hidden_state_gives_the_models_loss(tmp_path, family):
     tokenizer = load_tokenizer("gpt2")
-    if family == "gemma3":
-        model = tiny_gemma3(tokenizer)
-    else:
-        model = tiny_causal_lm(tokenizer, family=family, hidden_size=16, seed=1)
+    model = tiny_causal_lm(tokenizer, family=family, hidden_size=16, seed=1)
     model.eval()  # no dropout: the two forwards below see the same network
     trainer = sft_trainer(tmp_path, model, tokenizer)
     batch = first_batch(trainer)
@@ -73,7 +51,8 @@ def test_the_output_layer_on_the_last_hidden_state_gives_the_models_loss(tmp_pat
 
 def test_a_model_with_final_logit_softcapping_falls_back_to_its_full_forward(tmp_path):
     tokenizer = load_tokenizer("gpt2")
-    model = tiny_gemma3(tokenizer, final_logit_softcapping=0.05).eval()  # small enough to change every logit
+    # Soft-capping at 0.05 is small enough to change every logit.
+    model = tiny_causal_lm(tokenizer, family="gemma3", hidden_size=16, seed=1, final_logit_softcapping=0.05).eval()
     trainer = sft_trainer(tmp_path, model, tokenizer)
     batch = first_batch(trainer)
     with torch.no_grad(), pytest.warns(UserWarning, match="student's logits are not its output layer"):

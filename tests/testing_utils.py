@@ -39,8 +39,9 @@ def load_tokenizer(name):
     return tokenizer
 
 
-def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, vocab_size=None, seed=0):
-    """A random-init causal LM sized for `tokenizer` (or a padded `vocab_size`), built from config."""
+def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, vocab_size=None, seed=0, **config_fields):
+    """A random-init causal LM sized for `tokenizer` (or a padded `vocab_size`), built from config; `config_fields`
+    go to the config as they are (e.g. `final_logit_softcapping` for "gemma3")."""
     from transformers import (
         Gemma3ForCausalLM,
         Gemma3TextConfig,
@@ -57,6 +58,7 @@ def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, voca
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **config_fields,
     )
     if family == "gpt2":
         config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=2, n_positions=1024, **common)
