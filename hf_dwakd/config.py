@@ -66,8 +66,10 @@ class DWAKDConfig(SFTConfig):
         dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
         kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
         unpadded_forward (`bool`, defaults to `True`): run each model on the batch's real tokens only (one
-            sequence, position ids restarting per row; `hf_dwakd.unpadded`), checked against the padded forward on
-            the first batch. Unlike TRL's `padding_free`, the collator still pads; only the forward skips padding.
+            sequence, position ids restarting per row; `hf_dwakd.unpadded`), checked row by row against the padded
+            forward on the first batch's rows of different lengths, every process taking the same decision; models
+            that take no position ids (ALiBi: Bloom, MPT) run padded. Unlike TRL's `padding_free`, the collator
+            still pads; only the forward skips padding.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
         alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
             every N steps (`hf_dwakd.inspection`); 0 = off.
@@ -178,8 +180,9 @@ class DWAKDConfig(SFTConfig):
         metadata={
             "help": "Run each model's forward on the batch's real tokens only, as one sequence with position ids "
             "restarting per row, and put its outputs back in the padded layout (same values; no layer runs on "
-            "padding). Checked on the first batch: a model whose attention does not keep the rows apart runs "
-            "padded, with a warning."
+            "padding). Checked row by row on the first batch (on rows of different lengths): a model whose "
+            "attention does not keep the rows apart runs padded, with a warning; one that takes no position ids "
+            "(ALiBi) runs padded."
         },
     )
     projector_learning_rate: float = field(
