@@ -122,7 +122,8 @@ class ModelSide:
             reason = "another process found so"
         unpadded = self.unpadded_forward and rows_only and takes_argument(unwrapped, "position_ids")
         if unpadded:  # every process runs the check's forwards, whatever its own batch holds
-            matches = unpadded_forward_matches(model, *rows_of_different_lengths(input_ids, attention_mask))
+            with self.autocast():
+                matches = unpadded_forward_matches(model, *rows_of_different_lengths(input_ids, attention_mask))
             unpadded = self._agreed(matches, input_ids.device)
             if not unpadded:
                 warnings.warn(

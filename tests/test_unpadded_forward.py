@@ -187,3 +187,19 @@ def test_every_process_takes_the_decision_of_the_most_careful_one(monkeypatch):
         mode = side.settle(side.model, input_ids, (input_ids > 0).long())
     assert reduced == [1, 1]  # this process's own checks passed
     assert mode.rows_only and not mode.unpadded
+
+
+def test_mixed_precision_rounding_keeps_the_unpadded_forward(tmp_path):
+    """Under bf16 autocast the two forwards round differently by 16-bit amounts: not a reason to run padded."""
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    trainer = DWAKDTrainer(
+        model=tiny_causal_lm(student_tokenizer, hidden_size=16, num_layers=2, seed=1),
+        teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, num_layers=2, seed=2),
+        args=make_config(tmp_path, bf16=True),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+    )
+    batch = dict(trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))]))
+    trainer.compute_loss(trainer.model, batch)
+    assert trainer.student_side.mode.unpadded and trainer.teacher_side.mode.unpadded
