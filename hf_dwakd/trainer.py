@@ -1,7 +1,8 @@
 """`DWAKDTrainer`: TRL's `SFTTrainer` with a frozen teacher of another tokenizer and the DWA-KD objective.
 
-The trainer only wires things together: the two-tokenizer data pipeline (`data.py`), the projectors
-(`projectors.py`), the objective (`objective/`). The projectors are registered inside the student module so that
+The trainer only wires things together: the two-tokenizer data pipeline (`data/`), one `ModelSide` per model
+turning batches into the objective's inputs (`model_side.py`), the projectors (`projectors.py`), the objective
+(`objective/`, `methods.py`). The projectors are registered inside the student module so that
 DDP all-reduces them and DeepSpeed steps them; they are saved beside the student as `projectors.safetensors`.
 """
 
@@ -277,7 +278,6 @@ class DWAKDTrainer(SFTTrainer):
     # ---- loss --------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
         # Evaluation with `compute_metrics` asks for the outputs: then the student's logits are computed everywhere.
         student, student_logits = self.student_side(inputs, model, full_logits=return_outputs)
         teacher = None
@@ -293,21 +293,25 @@ class DWAKDTrainer(SFTTrainer):
             aligner=self.aligner,
             step=self.state.global_step,
         )
+        loss = self._scaled_and_recorded(loss, metrics, num_items_in_batch)
+        if not return_outputs:
+            return loss
+        # What the student's own forward returns: logits at every position, aligned with the unshifted labels.
+        return loss, CausalLMOutputWithPast(loss=loss, logits=student_logits)
 
-        # Like `Trainer.compute_loss`: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
+    def _scaled_and_recorded(self, loss, metrics, num_items_in_batch):
+        """The loss scaled as `Trainer.compute_loss` scales it (`num_items_in_batch` counts every rank's tokens and
+        DDP averages gradients); its components and annealed knobs queued for logging."""
+        mode = "train" if self.model.training else "eval"
         scale = 1
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             scale = self.accelerator.num_processes
-        loss = loss * scale
         self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
         if "dtw_hidden" in metrics or "dtw_embed" in metrics:
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
         if self.args.kd_warmup_steps > 0:
             self._metrics[mode]["kd_student_scale"].append(self.args.kd_warmup_scale_at(self.state.global_step))
-        if not return_outputs:
-            return loss
-        # What the student's own forward returns: logits at every position, aligned with the unshifted labels.
-        return loss, CausalLMOutputWithPast(loss=loss, logits=student_logits)
+        return loss * scale
 
     def _full_lm_head_weight(self, weight):
         """The LM head weight whole, outside the forward pass (DWA-KD multiplies by it, detached).
