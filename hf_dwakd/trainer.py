@@ -25,12 +25,13 @@ from .data import DistillationCollator, check_dataset_columns, prepare_distillat
 from .fsdp2 import gathered_roots, load_full_state, shard_teacher
 from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
+from .model_card import complete_trainer_card, read_card
 from .objective import shift_for_next_token
 from .objective.outputs import no_logit_positions
 from .projectors import DWAKDProjectors
 from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
-from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
+from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, read_metadata, split_names
 from .unpadded import repadded, unpadded_forward_matches, unpadded_inputs
 
 PROJECTORS_NAME = "projectors.safetensors"
@@ -470,12 +471,19 @@ class DWAKDTrainer(SFTTrainer):
         load_full_state(self.projectors, load_file(path, device=str(next(self.projectors.parameters()).device)))
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's card, naming the teacher, with the scores an earlier `hf-dwakd evaluate --update_model_card` wrote
+        into this folder's card (TRL writes a new card over it)."""
+        earlier = read_card(self.args.output_dir) if self.is_world_process_zero() else None
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if self.teacher_model is None or not self.is_world_process_zero():
-            return
-        teacher_name = self.accelerator.unwrap_model(self.teacher_model).config._name_or_path
-        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
-            card.write(f"\n## Teacher\n\nDistilled with DWA-KD from the teacher model `{teacher_name}`.\n")
+        if self.is_world_process_zero():
+            complete_trainer_card(self.args.output_dir, earlier, self._teacher_name(), self.args.kd_method)
+
+    def _teacher_name(self):
+        if self.cached_teacher is not None:  # the name the cache was built from
+            return read_metadata(self.args.teacher_cache_dir)["teacher_name_or_path"]
+        if self.teacher_model is not None:
+            return self.accelerator.unwrap_model(self.teacher_model).config._name_or_path
+        return None
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
