@@ -40,6 +40,9 @@ class ModelSide:
     unpadded_forward: try the unpadded forward; across_processes: agree the decisions with the other processes.
     unwrap: the model under a DDP/DeepSpeed wrapper; autocast: the mixed-precision context of the forward and of
     the output layer applied outside it; full_weight: the output layer's weight whole (gathered under ZeRO-3).
+    output_layer_hooks: call the output layer with its module hooks. Under FSDP2 those are FSDP's: called again
+    after the model's forward they would start a new pass of its unit, which then reshards in the middle of the
+    backward; there its weights are gathered already (`fsdp2.gathered_roots`) and its bare `forward` runs.
     """
 
     def __init__(
@@ -54,11 +57,13 @@ class ModelSide:
         unwrap=lambda model: model,
         autocast=contextlib.nullcontext,
         full_weight=None,
+        output_layer_hooks: bool = True,
     ):
         self.role, self.vocab_size, self.prefix, self.model = role, vocab_size, prefix, model
         self.unpadded_forward, self.across_processes = unpadded_forward, across_processes
         self.unwrap, self.autocast = unwrap, autocast
         self.full_weight = full_weight or whole_weight
+        self.output_layer_hooks = output_layer_hooks
         self.mode: ForwardMode | None = None
 
     def __call__(self, batch: dict, model=None, full_logits: bool = False) -> tuple[SideOutputs, torch.Tensor]:
@@ -100,10 +105,11 @@ class ModelSide:
 
     def output_layer(self, module):
         """`module` on hidden rows under the autocast of the forward."""
+        forward = module if self.output_layer_hooks else module.forward
 
         def apply(rows):
             with self.autocast():
-                return module(rows)
+                return forward(rows)
 
         return apply
 
@@ -148,7 +154,8 @@ class ModelSide:
                     use_cache=False,
                     logits_to_keep=1,
                 )
-                recomputed = self.unwrap(model).get_output_embeddings()(outputs.hidden_states[-1][:, -1])
+                output_layer = self.output_layer(self.unwrap(model).get_output_embeddings())
+                recomputed = output_layer(outputs.hidden_states[-1][:, -1])
         finally:
             model.train(training)
         return reproduces_logits(recomputed, outputs.logits[:, -1])
