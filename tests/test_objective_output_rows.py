@@ -68,15 +68,16 @@ METHODS = [
     ("dskd", None),
     ("dskd", 5),
     ("uld", None),
+    ("uld", 5),
     ("mined", None),
+    ("mined", 5),
     ("multilevel_ot", None),
+    ("multilevel_ot", 5),
 ]
 
 
-@pytest.mark.parametrize("method, chunk_size", METHODS)
-def test_rows_from_the_output_layer_give_the_full_logits_loss_and_gradients(tmp_path, method, chunk_size):
-    student, student_layer = make_side(STUDENT_RESPONSES, **STUDENT, seed=0, trainable=True)
-    teacher, _ = make_side(TEACHER_RESPONSES, **TEACHER, seed=1, trainable=False)
+def method_setup(tmp_path, method, chunk_size):
+    """The method's config, projectors and (MinED) aligner for the sides `make_side` builds."""
     options = dict(uld_top_k=None) if method == "uld" else dict(ot_top_k=8) if method == "multilevel_ot" else {}
     if chunk_size is not None:
         options["kd_chunk_size"] = chunk_size
@@ -88,6 +89,14 @@ def test_rows_from_the_output_layer_give_the_full_logits_loss_and_gradients(tmp_
         teacher_positions=first_common_positions,
         teacher_to_student=torch.randint(0, STUDENT["vocab_size"], (TEACHER["vocab_size"],), generator=generator),
     )
+    return args, projectors, aligner
+
+
+@pytest.mark.parametrize("method, chunk_size", METHODS)
+def test_rows_from_the_output_layer_give_the_full_logits_loss_and_gradients(tmp_path, method, chunk_size):
+    student, student_layer = make_side(STUDENT_RESPONSES, **STUDENT, seed=0, trainable=True)
+    teacher, _ = make_side(TEACHER_RESPONSES, **TEACHER, seed=1, trainable=False)
+    args, projectors, aligner = method_setup(tmp_path, method, chunk_size)
     trained = [student.hidden, student_layer.weight, *projectors.parameters()]
 
     def loss_and_gradients(student_side, teacher_side):
@@ -110,6 +119,47 @@ def test_rows_from_the_output_layer_give_the_full_logits_loss_and_gradients(tmp_
         else:
             scale = full.abs().max()
             assert (rows - full).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("method", ["sft", "dwakd", "dskd", "uld", "mined", "multilevel_ot"])
+def test_each_response_row_enters_the_students_output_layer_once(tmp_path, method):
+    """The CE and the KD term share one application of the output layer to the student's response rows."""
+    student, student_layer = make_side(STUDENT_RESPONSES, **STUDENT, seed=0, trainable=True)
+    teacher, teacher_layer = make_side(TEACHER_RESPONSES, **TEACHER, seed=1, trainable=False)
+    rows = {"student": 0, "teacher": 0}
+
+    def counting(layer, role):
+        def apply(hidden_rows):
+            rows[role] += hidden_rows.shape[0]
+            return layer(hidden_rows)
+
+        return apply
+
+    student = dataclasses.replace(student, output_layer=counting(student_layer, "student"))
+    teacher = dataclasses.replace(teacher, output_layer=counting(teacher_layer, "teacher"))
+    args, projectors, aligner = method_setup(tmp_path, method, None)
+    loss, _ = distillation_loss(args, student, teacher, None, projectors=projectors, aligner=aligner)
+    loss.backward()
+    assert rows["student"] == int(student.response_mask.sum())
+    assert rows["teacher"] <= int(teacher.response_mask.sum())
+
+
+@pytest.mark.parametrize("method", ["uld", "mined", "multilevel_ot"])
+def test_kd_chunk_size_bounds_the_baselines_ce_and_kd_alike(tmp_path, method):
+    """The baselines whose student CE reads `kd_chunk_size` accept it, and chunks change no value."""
+    student, student_layer = make_side(STUDENT_RESPONSES, **STUDENT, seed=0, trainable=True)
+    teacher, _ = make_side(TEACHER_RESPONSES, **TEACHER, seed=1, trainable=False)
+    results = []
+    for chunk_size in (None, 3):
+        args, projectors, aligner = method_setup(tmp_path, method, chunk_size)
+        loss, metrics = distillation_loss(args, student, teacher, None, projectors=projectors, aligner=aligner)
+        results.append((loss, metrics, torch.autograd.grad(loss, [student.hidden, student_layer.weight])))
+    (loss, metrics, gradients), (chunked_loss, chunked_metrics, chunked_gradients) = results
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=0)
+    for name in metrics:
+        torch.testing.assert_close(chunked_metrics[name].float(), metrics[name].float(), rtol=1e-5, atol=1e-7)
+    for chunked, whole in zip(chunked_gradients, gradients):
+        assert (chunked - whole).abs().max() <= 1e-5 * whole.abs().max()
 
 
 def test_logits_at_reads_the_requested_rows_only():

@@ -347,3 +347,93 @@ def test_two_processes_build_the_same_cache_as_one(tmp_path, folders):
     for a, b in zip(two["teacher_hidden"], one["teacher_hidden"]):
         np.testing.assert_array_equal(a, b)
     assert not (tmp_path / "two" / ".shards").exists()
+
+
+def copied_teacher(tmp_path, folders):
+    """A copy of the teacher folder, free to be overwritten."""
+    import shutil
+
+    return Path(shutil.copytree(folders / "teacher", tmp_path / "teacher-copy"))
+
+
+def test_a_teacher_retrained_in_place_is_refused(tmp_path, folders):
+    teacher = copied_teacher(tmp_path, folders)
+    build(tmp_path, folders, teacher_model_name_or_path=str(teacher))
+    # Same name, same config, same tokenizer: other weights.
+    tiny_causal_lm(load_tokenizer("llama2"), hidden_size=24, seed=9).save_pretrained(teacher)
+    with pytest.raises(ValueError, match="another teacher_weights"):
+        trainer(
+            tmp_path / "run",
+            folders,
+            teacher_cache_dir=str(tmp_path / "cache"),
+            teacher_model_name_or_path=str(teacher),
+        )
+
+
+def test_an_in_memory_teacher_is_known_by_its_weights(tmp_path, folders):
+    teacher = AutoModelForCausalLM.from_pretrained(folders / "teacher")
+    args = config(tmp_path, folders, teacher_cache_dir=str(tmp_path / "cache"))
+    train, evaluation = Dataset.from_list(ROWS), Dataset.from_list(EVAL_ROWS)
+    build_teacher_cache(args, train, evaluation, student_tokenizer=load_tokenizer("gpt2"), teacher_model=teacher)
+
+    def run():
+        return DWAKDTrainer(
+            model=AutoModelForCausalLM.from_pretrained(folders / "student"),
+            teacher_model=teacher,
+            args=config(tmp_path / "run", folders, teacher_cache_dir=str(tmp_path / "cache")),
+            train_dataset=Dataset.from_list(ROWS),
+            eval_dataset=Dataset.from_list(EVAL_ROWS),
+            processing_class=load_tokenizer("gpt2"),
+            teacher_processing_class=load_tokenizer("llama2"),
+        )
+
+    assert run().cached_teacher is not None
+    with torch.no_grad():
+        next(teacher.model.layers[0].parameters()).add_(0.1)
+    with pytest.raises(ValueError, match="another teacher_weights"):
+        run()
+
+
+def test_a_float16_cache_refuses_states_that_overflow(tmp_path, folders):
+    tokenizer = load_tokenizer("llama2")
+    loud = tiny_causal_lm(tokenizer, hidden_size=24, seed=2)
+    with torch.no_grad():
+        loud.model.norm.weight.fill_(1e6)  # last hidden states far beyond float16's 65504
+    loud.save_pretrained(tmp_path / "loud")
+    tokenizer.save_pretrained(tmp_path / "loud")
+    with pytest.raises(ValueError, match="beyond the largest float16.*teacher_cache_dtype"):
+        build(tmp_path, folders, teacher_model_name_or_path=str(tmp_path / "loud"), teacher_cache_dtype="float16")
+    assert not (tmp_path / "cache" / "metadata.json").exists()
+
+
+def test_the_cached_output_layer_runs_under_the_live_autocast(tmp_path, folders):
+    build(tmp_path, folders, bf16=True)
+    sides = {}
+    for name, cache in (("live", None), ("cached", str(tmp_path / "cache"))):
+        run = trainer(tmp_path / name, folders, bf16=True, teacher_cache_dir=cache)
+        batch = dict(run.data_collator([run.train_dataset[i] for i in range(2)]))
+        with torch.no_grad():
+            sides[name], _ = run.teacher_side(batch)
+    live, cached = sides["live"], sides["cached"]
+    index = live.response_mask.nonzero(as_tuple=True)
+    live_logits, cached_logits = live.logits_at(*index), cached.logits_at(*index)
+    assert live_logits.dtype == cached_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(cached_logits, live_logits)
+
+
+def test_the_alignment_picture_draws_from_the_cached_teacher(tmp_path, folders):
+    build(tmp_path, folders)
+    run = trainer(
+        tmp_path / "run", folders, teacher_cache_dir=str(tmp_path / "cache"), alignment_plot_steps=2, max_steps=2
+    )
+    assert run.teacher_model is None
+    run.train()
+    drawn = sorted(path.name for path in (tmp_path / "run" / "out" / "alignment").glob("*.png"))
+    assert drawn == ["step-000000.png", "step-000002.png"]
+
+
+def test_every_cache_dtype_of_the_config_has_a_storage_type():
+    from hf_dwakd.config import CACHE_DTYPES
+    from hf_dwakd.teacher_cache import STORAGE_DTYPES
+
+    assert sorted(CACHE_DTYPES) == sorted(STORAGE_DTYPES)

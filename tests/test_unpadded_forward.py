@@ -1,13 +1,16 @@
 """Each model's forward runs on the batch's real tokens only (`hf_dwakd.unpadded`): the padded forward's loss and
 gradients, and a model whose attention lets packed rows see each other keeps running padded."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from datasets import Dataset
 from transformers import LlamaForCausalLM
 
-from hf_dwakd import DWAKDTrainer
-from hf_dwakd.unpadded import repadded, unpadded_inputs
+from hf_dwakd import DWAKDTrainer, model_side
+from hf_dwakd.model_side import ModelSide
+from hf_dwakd.unpadded import repadded, rows_of_different_lengths, unpadded_forward_matches, unpadded_inputs
 
 from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
 
@@ -63,7 +66,7 @@ def test_the_unpadded_forward_gives_the_padded_loss_and_gradients(tmp_path, stud
                 lambda module, inputs, output: embedding_inputs.append(inputs[0].shape)
             )
         results[unpadded] = second_batch_loss_and_gradients(trainer, batch)
-        assert trainer._unpadded_forward == {"student": unpadded, "teacher": unpadded}
+        assert (trainer.student_side.mode.unpadded, trainer.teacher_side.mode.unpadded) == (unpadded, unpadded)
     # The second batch's student forward saw the real tokens only, as one row.
     assert embedding_inputs[-1] == (1, int(batch["attention_mask"].sum()))
     (padded_loss, padded_gradients), (unpadded_loss, unpadded_gradients) = results[False], results[True]
@@ -76,12 +79,6 @@ def test_the_unpadded_forward_gives_the_padded_loss_and_gradients(tmp_path, stud
 
 
 def test_a_model_whose_attention_ignores_position_ids_runs_padded(tmp_path):
-    class IgnoresPositionIds(LlamaForCausalLM):  # packed rows then form one causal sequence: they see each other
-        def forward(self, input_ids=None, attention_mask=None, position_ids=None, logits_to_keep=0, **kwargs):
-            return super().forward(
-                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kwargs
-            )
-
     student_tokenizer = load_tokenizer("gpt2")
     losses = {}
     for unpadded in (False, True):
@@ -97,5 +94,112 @@ def test_a_model_whose_attention_ignores_position_ids_runs_padded(tmp_path):
             with pytest.warns(UserWarning, match="student's forward on unpadded rows"):
                 trainer.compute_loss(trainer.model, batch)
         losses[unpadded] = trainer.compute_loss(trainer.model, batch).detach()
-        assert trainer._unpadded_forward == {"student": False, "teacher": unpadded}
+        assert (trainer.student_side.mode.unpadded, trainer.teacher_side.mode.unpadded) == (False, unpadded)
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=0)
+
+
+class IgnoresPositionIds(LlamaForCausalLM):
+    """Packed rows form one causal sequence: each row sees the rows before it."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, logits_to_keep=0, **kwargs):
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kwargs
+        )
+
+
+def test_a_first_batch_of_one_row_still_finds_rows_that_see_each_other():
+    tokenizer = load_tokenizer("gpt2")
+    model = tiny_causal_lm(tokenizer, hidden_size=16, num_layers=2, seed=1)
+    model.__class__ = IgnoresPositionIds
+    side = ModelSide("student", len(tokenizer), model=model)
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids}
+    with pytest.warns(UserWarning, match="student's forward on unpadded rows"):
+        side(batch)
+    assert side.mode.rows_only and not side.mode.unpadded
+    # The check ran on the row and the row cut to half: two rows of different lengths.
+    ids, mask = rows_of_different_lengths(input_ids, torch.ones_like(input_ids))
+    assert ids.tolist() == [[5, 6, 7, 8, 9, 10]] * 2 and mask.sum(dim=1).tolist() == [6, 3]
+
+
+class LeaksIntoTheLastRow(torch.nn.Module):
+    """Hidden states equal to the token ids, except that the unpadded forward shifts the last row's two tokens by
+    `leak` of their size: what a model whose packed rows see each other does to a short row."""
+
+    def __init__(self, leak):
+        super().__init__()
+        self.leak = leak
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        hidden = input_ids.float()[..., None].repeat(1, 1, 4)
+        if position_ids is not None:
+            hidden[0, -2:] *= 1 + self.leak
+        return SimpleNamespace(hidden_states=(hidden,))
+
+
+def test_leakage_into_one_short_row_is_not_averaged_away():
+    input_ids = torch.randint(1, 100, (10, 40))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[-1, 2:] = 0  # nine rows of 40 tokens, then one of 2
+    assert unpadded_forward_matches(LeaksIntoTheLastRow(0.0), input_ids, attention_mask)
+    # 0.5 % in 2 tokens of 362: a mean difference of 3e-5 of the mean value, the largest error of that row 5e-3.
+    assert not unpadded_forward_matches(LeaksIntoTheLastRow(5e-3), input_ids, attention_mask)
+
+
+def test_a_model_without_position_ids_runs_padded_without_the_check(tmp_path, monkeypatch):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    tokenizer = load_tokenizer("gpt2")
+    torch.manual_seed(1)
+    config = BloomConfig(vocab_size=len(tokenizer), hidden_size=16, n_layer=2, n_head=2, pad_token_id=0)
+    student = BloomForCausalLM(config)
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("the unpadded forward was checked on a model that takes no position ids")
+
+    monkeypatch.setattr(model_side, "unpadded_forward_matches", no_check)
+    trainer = DWAKDTrainer(
+        model=student,
+        args=make_config(tmp_path, kd_method="sft"),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
+    batch = dict(trainer.data_collator([trainer.train_dataset[i] for i in range(3)]))
+    trainer.compute_loss(trainer.model, batch)
+    assert trainer.student_side.mode.rows_only and not trainer.student_side.mode.unpadded
+
+
+def test_every_process_takes_the_decision_of_the_most_careful_one(monkeypatch):
+    """Another process found that the unpadded forward differs (its all-reduce minimum is 0): this one runs padded
+    too, although its own check passed."""
+    tokenizer = load_tokenizer("gpt2")
+    side = ModelSide("student", len(tokenizer), model=tiny_causal_lm(tokenizer, hidden_size=16, seed=1))
+    reduced = []
+
+    def all_reduce(value, op):
+        reduced.append(int(value))
+        value.zero_() if len(reduced) == 2 else None  # the second decision: unpadded
+
+    monkeypatch.setattr(model_side.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(model_side.dist, "all_reduce", all_reduce)
+    input_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    with pytest.warns(UserWarning, match="unpadded rows"):
+        mode = side.settle(side.model, input_ids, (input_ids > 0).long())
+    assert reduced == [1, 1]  # this process's own checks passed
+    assert mode.rows_only and not mode.unpadded
+
+
+def test_mixed_precision_rounding_keeps_the_unpadded_forward(tmp_path):
+    """Under bf16 autocast the two forwards round differently by 16-bit amounts: not a reason to run padded."""
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    trainer = DWAKDTrainer(
+        model=tiny_causal_lm(student_tokenizer, hidden_size=16, num_layers=2, seed=1),
+        teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, num_layers=2, seed=2),
+        args=make_config(tmp_path, bf16=True),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+    )
+    batch = dict(trainer.data_collator([trainer.train_dataset[i] for i in range(len(ROWS))]))
+    trainer.compute_loss(trainer.model, batch)
+    assert trainer.student_side.mode.unpadded and trainer.teacher_side.mode.unpadded

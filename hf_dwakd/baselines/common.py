@@ -2,20 +2,24 @@
 and the pairing of response positions by order.
 
 A baseline's KD term has the signature `kd_term(args, student, teacher, num_items_in_batch, context)` and returns
-`(kd, metrics)`: `kd` is a sum over tokens divided by `num_items_in_batch` (docs/method.md, Loss), and `metrics` holds
-detached scalars for logging. `baseline_method` turns it into a registered method.
+`(kd, ce, metrics)`: `kd` and the student CE `ce` are sums over tokens divided by `num_items_in_batch`
+(docs/method.md, Loss), the CE taken from the same student logit rows as the KD, so that each response row enters
+the output layer once; `metrics` holds detached scalars for logging. `baseline_method` turns it into a registered
+method.
 """
 
 import torch
+import torch.nn.functional as F
 
 from hf_dwakd.objective.checks import loss_denominator
+from hf_dwakd.objective.chunking import over_token_chunks
 from hf_dwakd.objective.dual_space import student_cross_entropy
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses, gather_responses
 from hf_dwakd.registry import DistillationMethod
 
-# The config fields every baseline with a teacher reads.
-BASELINE_FIELDS = ("ce_weight", "kd_weight", "kd_temperature")
+# The config fields every baseline with a teacher reads (`kd_chunk_size`: its CE and KD share the chunks).
+BASELINE_FIELDS = ("ce_weight", "kd_weight", "kd_temperature", "kd_chunk_size")
 
 
 def check_weights(args) -> None:
@@ -42,8 +46,7 @@ def baseline_method(name: str, kd_term, *, fields=(), token_sum_metrics=(), chec
     """
 
     def loss(args, student, teacher, num_items_in_batch, context):
-        ce = student_ce(student, num_items_in_batch, args.kd_chunk_size)
-        kd, metrics = kd_term(args, student, teacher, num_items_in_batch, context)
+        kd, ce, metrics = kd_term(args, student, teacher, num_items_in_batch, context)
         return args.ce_weight * ce + args.kd_weight * kd, {"ce": ce.detach(), "kd": kd.detach(), **metrics}
 
     def check_config(args):
@@ -59,6 +62,23 @@ def baseline_method(name: str, kd_term, *, fields=(), token_sum_metrics=(), chec
         check=check_config,
         **requirements,
     )
+
+
+def over_student_rows(student: SideOutputs, responses: Responses, fn, per_token=(), chunk_size=None):
+    """`fn(logits, *per_token_chunk)` over chunks of the student's response tokens, `logits` the chunk's (n,
+    V_model) rows: each row is computed once and serves both `fn`'s terms and the student CE, added as `ce`.
+
+    `per_token` are (N, ...) tensors in the order of `responses`; `fn` returns a dict of (n, ...) tensors. With a
+    `chunk_size`, each chunk runs under activation checkpointing (`over_token_chunks`)."""
+
+    def chunk(batch_index, position_index, labels, *extras):
+        logits = student.logits_at(batch_index, position_index)
+        terms = fn(logits, *extras)
+        terms["ce"] = F.cross_entropy(logits.float(), labels, reduction="none")
+        return terms
+
+    inputs = (responses.batch_index, responses.position_index, responses.token_labels(), *per_token)
+    return over_token_chunks(chunk, inputs, (), chunk_size)
 
 
 def response_logits(side: SideOutputs, responses: Responses, detach: bool = False) -> torch.Tensor:

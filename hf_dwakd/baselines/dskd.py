@@ -24,6 +24,17 @@ def dskd_loss(
     student: SideOutputs,
     teacher: SideOutputs,
     num_items_in_batch: int | torch.Tensor | None = None,
+    **options,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DSKD KD term (see `dskd_terms` for the options); the caller forms `(1 - kd_rate) * CE + kd_rate * kd`."""
+    kd, _, metrics = dskd_terms(student, teacher, num_items_in_batch, **options)
+    return kd, metrics
+
+
+def dskd_terms(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
     *,
     projectors: DWAKDProjectors,
     temperature: float = 2.0,
@@ -31,15 +42,15 @@ def dskd_loss(
     teacher_divergence: str = "forward_kl",
     skew: float = 0.1,
     chunk_size: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DSKD KD term: L_ce_t2s + sum_i 1{argmax z_t2s(i) = y_i} D(p_t2s || p_s)(i) + sum_j D_t(p_t || p_s2t)(j),
-    divided by `num_items_in_batch` (student response tokens of the whole batch; None: this batch's count).
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`(kd, ce, metrics)`: the DSKD KD term L_ce_t2s + sum_i 1{argmax z_t2s(i) = y_i} D(p_t2s || p_s)(i) +
+    sum_j D_t(p_t || p_s2t)(j) and the student CE (from the same student logit rows), each divided by
+    `num_items_in_batch` (student response tokens of the whole batch; None: this batch's count).
 
-    The caller forms `(1 - kd_rate) * CE + kd_rate * kd`. `divergence` (a name of the objective's registry,
-    DSKD's kd_objective) applies to the student space, `teacher_divergence` to the teacher space (forward KL, as
-    DSKD's code has it). Both spaces divide logits by `temperature`. `chunk_size` bounds the vocabulary-wide
-    memory (tokens). Gradients reach the student logits, the student hidden states (through s2t) and the
-    projectors.
+    `divergence` (a name of the objective's registry, DSKD's kd_objective) applies to the student space,
+    `teacher_divergence` to the teacher space (forward KL, as DSKD's code has it). Both spaces divide logits by
+    `temperature`. `chunk_size` bounds the vocabulary-wide memory (tokens). Gradients reach the student logits,
+    the student hidden states (through s2t) and the projectors.
     """
     options = DWAKDLossOptions(
         kd_temperature=temperature,
@@ -57,7 +68,9 @@ def dskd_loss(
     denominator = loss_denominator(num_items_in_batch, student_responses)
 
     attention = cross_model_attention(student_responses, teacher_responses, projectors)
-    student_terms = student_space(student, student_responses, attention.t2s_hidden[student_responses.valid], options)
+    student_terms = student_space(
+        student, student_responses, attention.t2s_hidden[student_responses.valid], options, with_cross_entropy=True
+    )
     teacher_terms = teacher_space(teacher, teacher_responses, attention.s2t_hidden[teacher_responses.valid], options)
     components = {
         "ce_t2s": student_terms["projector_ce"].sum() / denominator,
@@ -67,11 +80,11 @@ def dskd_loss(
     metrics = {name: value.detach() for name, value in components.items()}
     metrics["t2s_acc"] = student_terms["correct"].float().mean()
     metrics["s2t_acc"] = teacher_terms["correct"].float().mean()
-    return sum(components.values()), metrics
+    return sum(components.values()), student_terms["ce"].sum() / denominator, metrics
 
 
 def _kd_of_config(args, student, teacher, num_items_in_batch, context):
-    return dskd_loss(
+    return dskd_terms(
         student,
         teacher,
         num_items_in_batch,
@@ -99,7 +112,7 @@ register_method(
     baseline_method(
         "dskd",
         _kd_of_config,
-        fields=("kd_divergence", "kd_teacher_divergence", "kd_skew", "kd_chunk_size", "projector_learning_rate"),
+        fields=("kd_divergence", "kd_teacher_divergence", "kd_skew", "projector_learning_rate"),
         token_sum_metrics=("kd_student", "kd_teacher", "ce_t2s"),
         needs_projectors=True,
         defaults=lambda args: {"ce_weight": 1 - args.kd_weight},

@@ -7,8 +7,7 @@ data side; this module only needs tensors.
 
 import torch
 
-from hf_dwakd.baselines.common import baseline_method, response_logits
-from hf_dwakd.baselines.mined_alignment import MinEDAligner
+from hf_dwakd.baselines.common import baseline_method, over_student_rows
 from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import gather_responses
@@ -58,7 +57,7 @@ def _check_alignment(student, teacher, teacher_positions, teacher_to_student):
         raise ValueError(f"teacher_to_student holds ids outside the student vocabulary [0, {student.vocab_size}).")
 
 
-def mined_loss(
+def mined_terms(
     student: SideOutputs,
     teacher: SideOutputs,
     num_items_in_batch: int | torch.Tensor | None = None,
@@ -67,14 +66,9 @@ def mined_loss(
     teacher_to_student: torch.Tensor,
     top_k: int | None = None,
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """MinED KD term: sum over student response positions of KL(q || p_s), divided by `num_items_in_batch`
-    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
-
-    q is the projected teacher distribution where `teacher_positions` aligns the position, else the one-hot
-    label (as in FuseLLM), where the KL is the student's CE. Both sides are divided by `temperature`.
-    Gradients reach the student logits only.
-    """
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`(kd, ce, metrics)`: the MinED KD term of `mined_loss` and the student CE from the same logit rows."""
     check_pair(student, teacher)
     teacher_positions = teacher_positions.to(student.labels.device)
     teacher_to_student = teacher_to_student.to(student.labels.device)
@@ -85,33 +79,74 @@ def mined_loss(
         raise ValueError(f"mined temperature={temperature} must be positive.")
 
     responses = gather_responses(student)
-    student_log_probs = torch.log_softmax(response_logits(student, responses) / temperature, dim=-1)
     labels = student.labels[student.response_mask]
     partner = teacher_positions[student.response_mask]
-    aligned = partner >= 0
 
-    teacher_rows = teacher.logits_at(responses.batch_index[aligned], partner[aligned])
-    teacher_logits = teacher_rows[:, : teacher.vocab_size].detach()
-    target_logits = project_teacher_logits(
-        teacher_logits.float() / temperature, teacher_to_student, student.vocab_size, top_k
+    def divergences(logits, labels, batch_index, partner):
+        student_log_probs = torch.log_softmax(logits[:, : student.vocab_size].float() / temperature, dim=-1)
+        aligned = partner >= 0
+        teacher_rows = teacher.logits_at(batch_index[aligned], partner[aligned])
+        target_logits = project_teacher_logits(
+            teacher_rows[:, : teacher.vocab_size].detach().float() / temperature,
+            teacher_to_student,
+            student.vocab_size,
+            top_k,
+        )
+        target_log_probs = torch.log_softmax(target_logits, dim=-1)
+        target_probs = target_log_probs.exp()
+        gap = torch.where(target_probs > 0, target_log_probs - student_log_probs[aligned], 0.0)
+        kl = (target_probs * gap).sum(dim=-1)
+        # Unaligned positions: the KL from the one-hot label, the student's CE at the temperature.
+        label_ce = -student_log_probs.gather(1, labels[:, None]).squeeze(1)
+        kd = label_ce.index_put((aligned.nonzero(as_tuple=True)[0],), kl)
+        return {"kd": kd, "kl": torch.zeros_like(kd).index_put((aligned.nonzero(as_tuple=True)[0],), kl.detach())}
+
+    terms = over_student_rows(
+        student, responses, divergences, (labels, responses.batch_index, partner), chunk_size
     )
-    target_log_probs = torch.log_softmax(target_logits, dim=-1)
-    target_probs = target_log_probs.exp()
-    gap = torch.where(target_probs > 0, target_log_probs - student_log_probs[aligned], 0.0)
-    kl = (target_probs * gap).sum(dim=-1)
-    label_ce = -student_log_probs[~aligned].gather(1, labels[~aligned, None]).squeeze(1)
-
-    kd = (kl.sum() + label_ce.sum()) / loss_denominator(num_items_in_batch, responses)
+    denominator = loss_denominator(num_items_in_batch, responses)
+    aligned = partner >= 0
     metrics = {
-        "mined_kl": kl.detach().sum() / max(kl.numel(), 1),
+        "mined_kl": terms["kl"].sum() / max(int(aligned.sum()), 1),
         "mined_aligned_fraction": aligned.float().sum() / max(aligned.numel(), 1),
     }
+    return terms["kd"].sum() / denominator, terms["ce"].sum() / denominator, metrics
+
+
+def mined_loss(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    *,
+    teacher_positions: torch.Tensor,
+    teacher_to_student: torch.Tensor,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MinED KD term: sum over student response positions of KL(q || p_s), divided by `num_items_in_batch`
+    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
+
+    q is the projected teacher distribution where `teacher_positions` aligns the position, else the one-hot
+    label (as in FuseLLM), where the KL is the student's CE. Both sides are divided by `temperature`.
+    `chunk_size` (tokens) bounds the vocabulary-wide memory. Gradients reach the student logits only.
+    """
+    kd, _, metrics = mined_terms(
+        student,
+        teacher,
+        num_items_in_batch,
+        teacher_positions=teacher_positions,
+        teacher_to_student=teacher_to_student,
+        top_k=top_k,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
     return kd, metrics
 
 
 def _kd_of_config(args, student, teacher, num_items_in_batch, context):
     aligner = context.aligner
-    return mined_loss(
+    return mined_terms(
         student,
         teacher,
         num_items_in_batch,
@@ -119,7 +154,15 @@ def _kd_of_config(args, student, teacher, num_items_in_batch, context):
         teacher_to_student=aligner.teacher_to_student,
         top_k=args.mined_top_k,
         temperature=args.kd_temperature,
+        chunk_size=args.kd_chunk_size,
     )
+
+
+def _build_aligner(args, student_tokenizer, teacher_tokenizer):
+    """The vocabulary map (built once per tokenizer pair and cached on disk) and the token alignment."""
+    from hf_dwakd.baselines.mined_alignment import MinEDAligner  # Numba: loaded by mined runs only
+
+    return MinEDAligner(student_tokenizer, teacher_tokenizer, args.mined_cache_dir)
 
 
 register_method(
@@ -127,9 +170,6 @@ register_method(
         "mined",
         _kd_of_config,
         fields=("mined_top_k", "mined_cache_dir"),
-        # The vocabulary map is built once per tokenizer pair and cached on disk.
-        build_aligner=lambda args, student_tokenizer, teacher_tokenizer: MinEDAligner(
-            student_tokenizer, teacher_tokenizer, args.mined_cache_dir
-        ),
+        build_aligner=_build_aligner,
     )
 )

@@ -13,8 +13,9 @@ The standardisation, top-k = 50, the Sinkhorn settings and the 0.1 weights follo
 """
 
 import torch
+import torch.nn.functional as F
 
-from hf_dwakd.baselines.common import baseline_method, first_common, response_logits
+from hf_dwakd.baselines.common import baseline_method, first_common, over_student_rows, response_logits
 from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import Responses, gather_responses
@@ -23,16 +24,49 @@ from hf_dwakd.registry import register_method
 STD_EPSILON = 1e-4  # added to the standard deviation, as in the released code
 
 
+def _standardised_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    standardised = logits / (logits.std(dim=-1, keepdim=True) + STD_EPSILON)
+    return torch.log_softmax(standardised / temperature, dim=-1)
+
+
 def _holistic_head(
     logits: torch.Tensor, responses: Responses, num_examples: int, k: int, temperature: float
 ) -> torch.Tensor:
     """(N, k) log-probabilities of each example's k columns of largest total probability, largest first."""
-    standardised = logits / (logits.std(dim=-1, keepdim=True) + STD_EPSILON)
-    log_probs = torch.log_softmax(standardised / temperature, dim=-1)
+    log_probs = _standardised_log_probs(logits, temperature)
     totals = log_probs.new_zeros(num_examples, log_probs.shape[-1])
     totals.index_add_(0, responses.batch_index, log_probs.detach().exp())
     columns = totals.topk(k, dim=-1).indices
     return log_probs.gather(1, columns[responses.batch_index])
+
+
+def _student_head_and_ce(student, responses, num_examples, k, temperature, chunk_size):
+    """(N, k) the student's holistic head and (N,) its CE.
+
+    Unchunked, each response row enters the output layer once. In chunks, the columns need every row's
+    probabilities first: a pass without gradient sums them, then a checkpointed pass computes the head and the CE
+    chunk by chunk (the rows enter the output layer twice, and once more in the backward)."""
+    batch_index = responses.batch_index
+    if chunk_size is None or responses.num_tokens <= chunk_size:
+        logits = student.logits_at(batch_index, responses.position_index)
+        ce = F.cross_entropy(logits.float(), responses.token_labels(), reduction="none")
+        return _holistic_head(logits[:, : student.vocab_size].float(), responses, num_examples, k, temperature), ce
+    totals = None
+    with torch.no_grad():
+        for start in range(0, responses.num_tokens, chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = student.logits_at(batch_index[rows], responses.position_index[rows])
+            log_probs = _standardised_log_probs(logits[:, : student.vocab_size].float(), temperature)
+            totals = log_probs.new_zeros(num_examples, log_probs.shape[-1]) if totals is None else totals
+            totals.index_add_(0, batch_index[rows], log_probs.exp())
+    columns = totals.topk(k, dim=-1).indices
+
+    def head(logits, chunk_batch_index):
+        log_probs = _standardised_log_probs(logits[:, : student.vocab_size].float(), temperature)
+        return {"head": log_probs.gather(1, columns[chunk_batch_index])}
+
+    terms = over_student_rows(student, responses, head, (batch_index,), chunk_size)
+    return terms["head"], terms["ce"]
 
 
 def _pack(values: torch.Tensor, responses: Responses) -> torch.Tensor:
@@ -64,6 +98,17 @@ def multilevel_ot_loss(
     student: SideOutputs,
     teacher: SideOutputs,
     num_items_in_batch: int | torch.Tensor | None = None,
+    **options,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MultiLevelOT KD term (see `multilevel_ot_terms` for the options); the student CE is the caller's."""
+    kd, _, metrics = multilevel_ot_terms(student, teacher, num_items_in_batch, **options)
+    return kd, metrics
+
+
+def multilevel_ot_terms(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
     *,
     top_k: int = 50,
     temperature: float = 1.0,
@@ -71,10 +116,12 @@ def multilevel_ot_loss(
     sinkhorn_weight: float = 0.1,
     sinkhorn_epsilon: float = 0.1,
     sinkhorn_iterations: int = 20,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """MultiLevelOT KD term: (absolute + log_weight * logarithmic + sinkhorn_weight * sequence) summed over the
-    batch, divided by `num_items_in_batch` (student response tokens of the whole batch; None: this batch's
-    count). The student CE is the caller's.
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`(kd, ce, metrics)`: the MultiLevelOT KD term, (absolute + log_weight * logarithmic + sinkhorn_weight *
+    sequence) summed over the batch, and the student CE from the same logit rows, each divided by
+    `num_items_in_batch` (student response tokens of the whole batch; None: this batch's count). `chunk_size`
+    (tokens) bounds the student's vocabulary-wide memory.
 
     The sequence term of an example is its Sinkhorn cost times its number of student response tokens, so all
     three are sums over tokens. The transport plan is computed without gradient (the cost's gradient at the
@@ -91,9 +138,10 @@ def multilevel_ot_loss(
     num_examples = student.labels.shape[0]
     k = min(top_k, student.vocab_size, teacher.vocab_size)
     student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
-    student_logits = response_logits(student, student_responses)
     teacher_logits = response_logits(teacher, teacher_responses, detach=True)
-    student_log_head = _holistic_head(student_logits, student_responses, num_examples, k, temperature)
+    student_log_head, ce = _student_head_and_ce(
+        student, student_responses, num_examples, k, temperature, chunk_size
+    )
     teacher_log_head = _holistic_head(teacher_logits, teacher_responses, num_examples, k, temperature)
     student_head, teacher_head = student_log_head.exp(), teacher_log_head.exp()
 
@@ -118,11 +166,11 @@ def multilevel_ot_loss(
         "multilevel_ot_logarithmic": logarithmic.detach() / denominator,
         "multilevel_ot_sequence": sequence.detach() / denominator,
     }
-    return kd, metrics
+    return kd, ce.sum() / denominator, metrics
 
 
 def _kd_of_config(args, student, teacher, num_items_in_batch, context):
-    return multilevel_ot_loss(
+    return multilevel_ot_terms(
         student,
         teacher,
         num_items_in_batch,
@@ -132,6 +180,7 @@ def _kd_of_config(args, student, teacher, num_items_in_batch, context):
         sinkhorn_weight=args.ot_sinkhorn_weight,
         sinkhorn_epsilon=args.ot_sinkhorn_epsilon,
         sinkhorn_iterations=args.ot_sinkhorn_iterations,
+        chunk_size=args.kd_chunk_size,
     )
 
 

@@ -7,7 +7,7 @@ by order within the response: each example keeps its first min(n_student, n_teac
 
 import torch
 
-from hf_dwakd.baselines.common import baseline_method, first_common, response_logits
+from hf_dwakd.baselines.common import baseline_method, first_common, over_student_rows
 from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import gather_responses
@@ -22,21 +22,16 @@ def _sorted_probabilities(probabilities: torch.Tensor, width: int, top_k: int | 
     return torch.nn.functional.pad(head, (0, width - head.shape[-1]))
 
 
-def uld_loss(
+def uld_terms(
     student: SideOutputs,
     teacher: SideOutputs,
     num_items_in_batch: int | torch.Tensor | None = None,
     *,
     top_k: int | None = None,
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ULD KD term: sum over paired positions of ||sort(p_s) - sort(p_t)||_1, divided by `num_items_in_batch`
-    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
-
-    `top_k`: compare only the k largest probabilities of each side, so a large vocabulary needs no full sort;
-    the tail beyond rank k then enters through its total mass, |tail_s - tail_t|, a lower bound of its exact
-    share. None (default) is exact. Gradients reach the student logits only.
-    """
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`(kd, ce, metrics)`: the ULD KD term of `uld_loss` and the student CE from the same logit rows."""
     check_pair(student, teacher)
     if top_k is not None and top_k < 1:
         raise ValueError(f"uld top_k={top_k} must be a positive integer, or None for the exact sort.")
@@ -44,30 +39,70 @@ def uld_loss(
         raise ValueError(f"uld temperature={temperature} must be positive.")
     student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
     keep_student, keep_teacher = first_common(student_responses, teacher_responses)
-    student_logits = response_logits(student, student_responses)
-    teacher_logits = response_logits(teacher, teacher_responses, detach=True)
-    student_probs = torch.softmax(student_logits[keep_student] / temperature, dim=-1)
-    teacher_probs = torch.softmax(teacher_logits[keep_teacher] / temperature, dim=-1)
-
+    # The teacher response token each kept student token pairs with (0 where it pairs with none).
+    partner = torch.zeros_like(student_responses.batch_index)
+    partner[keep_student] = keep_teacher.nonzero(as_tuple=True)[0]
     width = max(student.vocab_size, teacher.vocab_size)
     if top_k is not None:
         width = min(width, top_k)
-    student_head = _sorted_probabilities(student_probs, width, top_k)
-    teacher_head = _sorted_probabilities(teacher_probs, width, top_k)
-    distance = (student_head - teacher_head).abs().sum(dim=-1)
-    if top_k is not None:
-        distance = distance + (student_head.sum(dim=-1) - teacher_head.sum(dim=-1)).abs()
 
-    kd = distance.sum() / loss_denominator(num_items_in_batch, student_responses)
+    def distances(logits, paired, partner_index):
+        teacher_index = partner_index[paired]
+        teacher_logits = teacher.logits_at(
+            teacher_responses.batch_index[teacher_index], teacher_responses.position_index[teacher_index]
+        )
+        student_probs = torch.softmax(logits[paired, : student.vocab_size].float() / temperature, dim=-1)
+        teacher_probs = torch.softmax(teacher_logits[:, : teacher.vocab_size].detach().float() / temperature, dim=-1)
+        student_head = _sorted_probabilities(student_probs, width, top_k)
+        teacher_head = _sorted_probabilities(teacher_probs, width, top_k)
+        distance = (student_head - teacher_head).abs().sum(dim=-1)
+        if top_k is not None:
+            distance = distance + (student_head.sum(dim=-1) - teacher_head.sum(dim=-1)).abs()
+        rows = paired.nonzero(as_tuple=True)[0]
+        return {"distance": distance.new_zeros(logits.shape[0]).index_put((rows,), distance)}
+
+    terms = over_student_rows(student, student_responses, distances, (keep_student, partner), chunk_size)
+    denominator = loss_denominator(num_items_in_batch, student_responses)
+    distance = terms["distance"]
     metrics = {
-        "uld_distance": distance.detach().sum() / max(distance.numel(), 1),
+        "uld_distance": distance.detach().sum() / max(int(keep_student.sum()), 1),
         "uld_paired_tokens": keep_student.sum(),
     }
+    return distance.sum() / denominator, terms["ce"].sum() / denominator, metrics
+
+
+def uld_loss(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    *,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ULD KD term: sum over paired positions of ||sort(p_s) - sort(p_t)||_1, divided by `num_items_in_batch`
+    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
+
+    `top_k`: compare only the k largest probabilities of each side, so a large vocabulary needs no full sort;
+    the tail beyond rank k then enters through its total mass, |tail_s - tail_t|, a lower bound of its exact
+    share. None (default) is exact. `chunk_size` (tokens) bounds the vocabulary-wide memory. Gradients reach
+    the student logits only.
+    """
+    kd, _, metrics = uld_terms(
+        student, teacher, num_items_in_batch, top_k=top_k, temperature=temperature, chunk_size=chunk_size
+    )
     return kd, metrics
 
 
 def _kd_of_config(args, student, teacher, num_items_in_batch, context):
-    return uld_loss(student, teacher, num_items_in_batch, top_k=args.uld_top_k, temperature=args.kd_temperature)
+    return uld_terms(
+        student,
+        teacher,
+        num_items_in_batch,
+        top_k=args.uld_top_k,
+        temperature=args.kd_temperature,
+        chunk_size=args.kd_chunk_size,
+    )
 
 
 register_method(baseline_method("uld", _kd_of_config, fields=("uld_top_k",)))

@@ -15,13 +15,13 @@ import torch
 import transformers
 from datasets import Dataset
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, get_peft_config
 
 from ..config import DWAKDConfig
 from ..evaluation.benchmarks import examples_from_jsonl, read_jsonl
 from ..evaluation.generation import encode_prompts, left_pad, pad_token_id
 from ..evaluation.metric import rouge_l
+from ..loading import load_causal_lm, load_tokenizer
 from ..scripts.recipe import RecipeParser
 from ..trainer import DWAKDTrainer
 from .models import DEMO_MODELS, demo_model_path
@@ -76,8 +76,8 @@ def main(argv=None):
     teacher_path, student_path = demo_model_path(demo.teacher), demo_model_path(demo.student)
     print(f"models ready in {time.perf_counter() - started:.0f} s: teacher {teacher_path}, student {student_path}")
 
-    tokenizer = AutoTokenizer.from_pretrained(student_path)
-    student = AutoModelForCausalLM.from_pretrained(student_path).to(args.device)
+    tokenizer = load_tokenizer(student_path, role="student")
+    student = load_causal_lm(student_path, role="student").to(args.device)
     heldout = examples_from_jsonl(HELDOUT_FILE)[: demo.heldout_examples]
     phase = time.perf_counter()
     before = greedy_rouge_l(student, tokenizer, heldout, demo, args.max_prompt_length)
@@ -85,11 +85,11 @@ def main(argv=None):
 
     trainer = DWAKDTrainer(
         student,
-        teacher_model=AutoModelForCausalLM.from_pretrained(teacher_path),
+        teacher_model=load_causal_lm(teacher_path, role="teacher"),
         args=args,
         train_dataset=Dataset.from_list(read_jsonl(TRAIN_FILE)[: demo.train_examples]),
         processing_class=tokenizer,
-        teacher_processing_class=AutoTokenizer.from_pretrained(teacher_path),
+        teacher_processing_class=load_tokenizer(teacher_path, role="teacher"),
         peft_config=get_peft_config(model_args),
     )
     phase = time.perf_counter()
