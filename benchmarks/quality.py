@@ -41,7 +41,7 @@ from hf_dwakd.demo.models import demo_model_path
 from hf_dwakd.evaluation import command as evaluate_command
 from hf_dwakd.evaluation.benchmarks import BENCHMARKS, load_benchmark, load_records_with_datasets, read_jsonl
 from hf_dwakd.evaluation.bits_per_byte import bits_per_byte
-from hf_dwakd.evaluation.loading import load_model, load_tokenizer
+from hf_dwakd.loading import load_model, load_tokenizer
 
 TEACHER, STUDENT = "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"
 TEACHER_TITLE, STUDENT_TITLE = "Qwen2.5-Coder-1.5B-Instruct (teacher)", "SmolLM2-135M-Instruct untrained (student)"
@@ -210,7 +210,7 @@ def teacher_cache(args, train_rows, paths):
         **training_fields(args, Path(args.output_dir) / "teacher-cache-run", seed=0),
     )
     return build_teacher_cache(
-        config, Dataset.from_list(train_rows), student_tokenizer=load_tokenizer(paths[STUDENT], paths[STUDENT])
+        config, Dataset.from_list(train_rows), student_tokenizer=load_tokenizer(paths[STUDENT], role="student")
     )
 
 
@@ -261,7 +261,7 @@ def gold_trainer(args, lmbda, train_rows, paths, fields):
         teacher_model=str(paths[TEACHER]),
         args=config,
         train_dataset=Dataset.from_list(train_rows),
-        processing_class=load_tokenizer(paths[STUDENT], paths[STUDENT]),
+        processing_class=load_tokenizer(paths[STUDENT], role="student"),
         peft_config=lora_config(args),
     )
 
@@ -277,7 +277,7 @@ def held_out(args):
 def score(name, model_path, adapter, args, examples, eval_dir):
     """Bits per byte on every held-out example, then sampled ROUGE-L through `hf-dwakd evaluate` on the subset."""
     model = load_model(str(model_path), str(adapter) if adapter else None)
-    tokenizer = load_tokenizer(model_path, model_path)
+    tokenizer = load_tokenizer(model_path)
     bpb = {
         benchmark: bits_per_byte(model, tokenizer, rows, args.max_prompt_length, chat_template=True)
         for benchmark, rows in examples.items()
