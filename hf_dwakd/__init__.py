@@ -2,6 +2,8 @@
 
 import importlib
 
+from hf_dwakd import baselines, objective  # noqa: F401  (their loss modules register the built-in methods)
+
 __version__ = "0.1.0"
 
 # Imported on first use, so `hf_dwakd.ops` works without loading TRL.

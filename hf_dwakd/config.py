@@ -5,12 +5,14 @@ from typing import Any
 
 from trl import SFTConfig
 
-from .inspection.figure import require_matplotlib
 from .objective import DIVERGENCES, DWAKDLossOptions
 from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
+from .optional import require_matplotlib
 from .registry import get_method, registered_methods
-from .teacher_cache.store import STORAGE_DTYPES as CACHE_DTYPES
+
+# The `teacher_cache_dtype` choices (`teacher_cache.store` stores each in an Arrow type).
+CACHE_DTYPES = ("float32", "bfloat16", "float16")
 
 KD_METHODS = tuple(registered_methods())  # the built-in methods; `registry.py` adds more
 DEFAULT_CE_WEIGHT = 0.5  # every method's but dskd's, whose ce_weight follows kd_weight

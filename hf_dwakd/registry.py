@@ -4,7 +4,8 @@ A method module ends with `register_method(DistillationMethod(...))`, as PEFT's 
 `register_peft_method`. `DWAKDConfig` reads the registry to check `kd_method` and which fields belong to which
 method; `DWAKDTrainer` reads it to load a teacher, attach projectors, build an aligner and scale the logged
 token-sum metrics; `methods.distillation_loss` calls the method's `loss`. The built-in methods live in
-`objective/dwakd.py` and `baselines/`; this module imports them on first use, so it has no imports of its own.
+`objective/dwakd.py` and `baselines/`, which the package (`hf_dwakd/__init__.py`) imports, as PEFT's package
+imports its tuners; this module imports nothing of theirs.
 
     register_method(
         DistillationMethod(name="my_kd", loss=my_loss, fields=("ce_weight", "kd_weight"), token_sum_metrics={"ce"})
@@ -84,9 +85,6 @@ def register_method(method: DistillationMethod) -> DistillationMethod:
 
 def registered_methods() -> dict[str, DistillationMethod]:
     """Every method by name, in registration order (the built-in ones first)."""
-    import hf_dwakd.baselines  # noqa: F401  (importing the loss modules registers the built-in methods)
-    import hf_dwakd.objective  # noqa: F401
-
     return dict(_METHODS)
 
 

@@ -5,8 +5,6 @@ The trainer only wires things together: the two-tokenizer data pipeline (`data.p
 DDP all-reduces them and DeepSpeed steps them; they are saved beside the student as `projectors.safetensors`.
 """
 
-import contextlib
-import inspect
 import os
 import textwrap
 import warnings
@@ -14,8 +12,7 @@ import warnings
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
-from torch.distributed.tensor import DTensor
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
@@ -23,14 +20,19 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
 from .inspection import AlignmentPlotCallback
+from .loading import ensure_pad_token, load_teacher, load_tokenizer, teacher_init_kwargs
 from .methods import distillation_loss
-from .objective import shift_for_next_token
-from .objective.outputs import no_logit_positions
+from .model_side import ModelSide, whole_weight
 from .projectors import DWAKDProjectors
 from .registry import get_method
-from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
-from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
-from .unpadded import repadded, unpadded_forward_matches, unpadded_inputs
+from .teacher_cache import CachedTeacherSide, LightTeacher, load_light_teacher
+from .teacher_cache.store import (
+    check_cache_matches,
+    describe_run,
+    join_cached_states,
+    split_names,
+    weights_identity,
+)
 
 PROJECTORS_NAME = "projectors.safetensors"
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
@@ -113,17 +115,20 @@ class DWAKDTrainer(SFTTrainer):
                 "or the `PeftModel` without one."
             )
 
-        student_tokenizer = processing_class or _load_tokenizer(_name_of(model), "student", "processing_class")
+        student_tokenizer = processing_class or load_tokenizer(
+            _name_of(model), role="student", fix="pass `processing_class`", trust_remote_code=args.trust_remote_code
+        )
         if not args.needs_teacher:
             teacher_tokenizer = student_tokenizer
         else:
-            teacher_tokenizer = teacher_processing_class or _load_tokenizer(
+            teacher_tokenizer = teacher_processing_class or load_tokenizer(
                 args.teacher_tokenizer_name_or_path or _name_of(teacher_model),
-                "teacher",
-                "teacher_processing_class` or `teacher_tokenizer_name_or_path",
+                role="teacher",
+                fix="pass `teacher_processing_class` or `teacher_tokenizer_name_or_path`",
+                trust_remote_code=args.trust_remote_code,
             )
         for role, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
-            _ensure_pad_token(tokenizer, role)
+            ensure_pad_token(tokenizer, role)
 
         prepare = dict(
             student_tokenizer=student_tokenizer,
@@ -150,12 +155,12 @@ class DWAKDTrainer(SFTTrainer):
 
         if cached:
             teacher_model = (
-                load_light_teacher(teacher_model, **_teacher_init_kwargs(args))
+                load_light_teacher(teacher_model, **teacher_init_kwargs(args))
                 if isinstance(teacher_model, str)
                 else LightTeacher.from_model(teacher_model)
             )
         elif isinstance(teacher_model, str):
-            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, **_teacher_init_kwargs(args))
+            teacher_model = load_teacher(teacher_model, args)
 
         super().__init__(
             model,
@@ -177,11 +182,6 @@ class DWAKDTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
 
-        # Per role ("student", "teacher"): whether the output layer on the last hidden state gives the model's
-        # logits, checked on the first batch (`_side_outputs`).
-        self._logits_from_hidden = {}
-        # Per role: whether its forward runs unpadded (`unpadded_forward`), decided on the first batch.
-        self._unpadded_forward = {}
         self.teacher_model = None
         self.cached_teacher = None  # a `LightTeacher` when the teacher's states come from a cache
         if teacher_model is not None:
@@ -191,6 +191,23 @@ class DWAKDTrainer(SFTTrainer):
                 self.cached_teacher = teacher_model.to(self.accelerator.device)
             else:
                 self.teacher_model = self._prepare_teacher(teacher_model)
+        # Each role turns a batch into its `SideOutputs`; each settles its forward on its first batch.
+        side_options = dict(
+            unwrap=self.accelerator.unwrap_model,
+            autocast=self.accelerator.autocast,
+            full_weight=self._full_lm_head_weight,
+            unpadded_forward=args.unpadded_forward,
+        )
+        self.student_side = ModelSide("student", self.student_vocab_size, **side_options)
+        self.teacher_side = None
+        if self.cached_teacher is not None:
+            self.teacher_side = CachedTeacherSide(
+                self.cached_teacher, self.teacher_vocab_size, autocast=self.accelerator.autocast
+            )
+        elif self.teacher_model is not None:
+            self.teacher_side = ModelSide(
+                "teacher", self.teacher_vocab_size, prefix="teacher_", model=self.teacher_model, **side_options
+            )
         if args.needs_projectors:
             self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
         self.distillation_method = get_method(args.kd_method)
@@ -262,28 +279,11 @@ class DWAKDTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         # Evaluation with `compute_metrics` asks for the outputs: then the student's logits are computed everywhere.
-        student, student_logits = self._side_outputs(
-            model,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["labels"],
-            self.student_vocab_size,
-            "student",
-            full_logits=return_outputs,
-        )
+        student, student_logits = self.student_side(inputs, model, full_logits=return_outputs)
         teacher = None
-        if self.cached_teacher is not None:
-            teacher = cached_teacher_outputs(inputs, self.cached_teacher, self.teacher_vocab_size)
-        elif self.teacher_model is not None:
+        if self.teacher_side is not None:
             with torch.no_grad():
-                teacher, _ = self._side_outputs(
-                    self.teacher_model,
-                    inputs["teacher_input_ids"],
-                    inputs["teacher_attention_mask"],
-                    inputs["teacher_labels"],
-                    self.teacher_vocab_size,
-                    "teacher",
-                )
+                teacher, _ = self.teacher_side(inputs)
         loss, metrics = distillation_loss(
             self.args,
             student,
@@ -309,91 +309,17 @@ class DWAKDTrainer(SFTTrainer):
         # What the student's own forward returns: logits at every position, aligned with the unshifted labels.
         return loss, CausalLMOutputWithPast(loss=loss, logits=student_logits)
 
-    def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size, role, full_logits=False):
-        """One model's `SideOutputs`, its output layer applied only where a loss reads logits, and the logits its
-        forward returned.
-
-        The model runs with `logits_to_keep=1` (its output layer on one position per row), and the losses apply the
-        output module to the response rows of the last hidden state. On the first batch, that one position checks
-        that the module on the last hidden state reproduces the model's logits; a model that post-processes them
-        (final soft-capping, a logit scale) falls back to the full forward, with a warning. `full_logits`: run the
-        full forward (logits at every position).
-        """
-        unwrapped = self.accelerator.unwrap_model(model)
-        output_module = unwrapped.get_output_embeddings()
-        rows_only = not full_logits and self._logits_from_hidden.get(role, _accepts_logits_to_keep(unwrapped))
-        unpadded = rows_only and self._unpadded_forward.get(role, False)
-        # The first batch keeps one position for the check; later ones none (an empty index: no output layer).
-        keep = 1 if role not in self._logits_from_hidden else no_logit_positions(input_ids.device)
-        forward_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if unpadded:
-            forward_inputs = dict(zip(("input_ids", "position_ids"), unpadded_inputs(input_ids, attention_mask)))
-        with _captured_output(unwrapped.get_input_embeddings()) as embeddings:
-            outputs = model(
-                **forward_inputs,
-                output_hidden_states=True,
-                use_cache=False,
-                **({"logits_to_keep": keep} if rows_only else {}),
-            )
-        hidden, input_embeds = outputs.hidden_states[-1], embeddings[0]
-        if unpadded:
-            hidden, input_embeds = repadded(hidden, attention_mask), repadded(input_embeds, attention_mask)
-        output_layer = self._output_layer(output_module)
-        if rows_only and role not in self._logits_from_hidden:
-            self._logits_from_hidden[role] = _reproduces_logits(output_layer, hidden[:, -1], outputs.logits[:, -1])
-            if not self._logits_from_hidden[role]:
-                warnings.warn(
-                    f"The {role}'s logits are not its output layer applied to its last hidden state (final "
-                    "soft-capping or a logit scale?): it runs its full forward, output layer at every position."
-                )
-                return self._side_outputs(model, input_ids, attention_mask, labels, vocab_size, role)
-            self._unpadded_forward[role] = self.args.unpadded_forward and self._unpadded_forward_works(
-                unwrapped, input_ids, attention_mask, role
-            )
-        side = shift_for_next_token(
-            None if rows_only else outputs.logits,
-            hidden,
-            input_embeds,
-            labels,
-            self._full_lm_head_weight(output_module.weight),
-            vocab_size,
-            output_layer=output_layer if rows_only else None,
-        )
-        return side, outputs.logits
-
-    def _unpadded_forward_works(self, model, input_ids, attention_mask, role):
-        """Checked once, on the first batch: a model whose unpadded forward differs from its padded one (its
-        attention ignores position ids) keeps running padded, with a warning."""
-        if unpadded_forward_matches(model, input_ids, attention_mask):
-            return True
-        warnings.warn(
-            f"The {role}'s forward on unpadded rows (position ids restarting per row, no attention mask) differs "
-            "from its padded forward: its attention does not keep packed rows apart. It runs padded."
-        )
-        return False
-
-    def _output_layer(self, module):
-        """`module` on hidden rows under the mixed-precision autocast that the prepared model's forward uses."""
-
-        def output_layer(rows):
-            with self.accelerator.autocast():
-                return module(rows)
-
-        return output_layer
-
     def _full_lm_head_weight(self, weight):
         """The LM head weight whole, outside the forward pass (DWA-KD multiplies by it, detached).
 
         ZeRO-3 and FSDP2 keep parameters sharded between forwards: gather a detached copy there.
         """
-        if isinstance(weight, DTensor):
-            return weight.full_tensor().detach()
         if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([weight]):
                 return weight.detach().clone()
-        return weight
+        return whole_weight(weight)
 
     def _record_metrics(self, mode, metrics, token_sum_scale):
         """Queue each component for `log()`: averaged over the logging window and across processes.
@@ -466,34 +392,6 @@ class DWAKDTrainer(SFTTrainer):
 # ---- helpers -----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _captured_output(module):
-    """Collect `module`'s forward outputs: the embeddings as the forward computes them (also under ZeRO-3)."""
-    captured = []
-    handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
-def _accepts_logits_to_keep(model):
-    """Whether the causal LM (under a PEFT wrapper, its base model) takes `logits_to_keep`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-@torch.no_grad()
-def _reproduces_logits(output_layer, hidden_rows, logits):
-    """Whether `output_layer(hidden_rows)` equals the model's `logits` for those rows, up to rounding."""
-    rows = output_layer(hidden_rows).float()
-    logits = logits.float()
-    if rows.shape != logits.shape:
-        return False
-    tolerance = 1e-4 if hidden_rows.dtype == torch.float32 and rows.dtype == torch.float32 else 2e-2
-    return bool((rows - logits).abs().max() <= tolerance * logits.abs().max().clamp(min=1))
-
-
 def _shard_each_layer(model):
     """FSDP2-shard every decoder layer of a model that only runs forwards.
 
@@ -510,13 +408,15 @@ def _shard_each_layer(model):
 
 def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset):
     """The prepared datasets joined with the teacher cache's states, after checking the cache fits this run."""
+    revision = (args.teacher_model_init_kwargs or {}).get("revision")
     if isinstance(teacher_model, str):
         name = teacher_model
-        config = AutoConfig.from_pretrained(teacher_model, trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(teacher_model, revision=revision, trust_remote_code=args.trust_remote_code)
     else:
         name, config = teacher_model.config._name_or_path, teacher_model.config
     splits = {"train": train_dataset, **split_names(eval_dataset)}
-    run = describe_run(name, config, teacher_tokenizer, args.max_length, args.max_prompt_length, splits)
+    weights = weights_identity(teacher_model, revision)
+    run = describe_run(name, config, weights, teacher_tokenizer, args.max_length, args.max_prompt_length, splits)
     check_cache_matches(args.teacher_cache_dir, run)
     joined = {split: join_cached_states(data, args.teacher_cache_dir, split) for split, data in splits.items()}
     if isinstance(eval_dataset, dict):
@@ -543,41 +443,6 @@ def _resolve_teacher_argument(teacher_model, args):
             "`teacher_model_name_or_path` in DWAKDConfig."
         )
     return teacher_model
-
-
-def _teacher_init_kwargs(args):
-    kwargs = dict(args.teacher_model_init_kwargs or {})
-    dtype = kwargs.get("dtype")
-    if isinstance(dtype, str) and dtype != "auto":
-        kwargs["dtype"] = getattr(torch, dtype)
-    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    return kwargs
-
-
-def _load_tokenizer(name, role, argument):
-    if name is None:
-        raise ValueError(f"Cannot tell which tokenizer the {role} uses: pass `{argument}`.")
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"No tokenizer found for the {role} at {name!r} ({error}). Pass `{argument}` with the {role}'s tokenizer."
-        ) from error
-
-
-def _ensure_pad_token(tokenizer, role):
-    if tokenizer.pad_token is not None:
-        return
-    if tokenizer.eos_token is None:
-        raise ValueError(
-            f"The {role} tokenizer ({tokenizer.name_or_path}) has neither a pad nor an EOS token: set "
-            "`tokenizer.pad_token` before building the trainer."
-        )
-    warnings.warn(
-        f"The {role} tokenizer ({tokenizer.name_or_path}) has no pad token; using its EOS token "
-        f"{tokenizer.eos_token!r} for padding (padding is masked out of every loss)."
-    )
-    tokenizer.pad_token = tokenizer.eos_token
 
 
 def _name_of(model):

@@ -39,11 +39,9 @@ def test_the_output_layer_on_the_last_hidden_state_gives_the_models_loss(tmp_pat
     batch = first_batch(trainer)
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
-        student, logits = trainer._side_outputs(
-            trainer.model, batch["input_ids"], batch["attention_mask"], batch["labels"], len(tokenizer), "student"
-        )
+        student, logits = trainer.student_side(batch, trainer.model)
         expected = model_loss(model, batch)
-    assert trainer._logits_from_hidden == {"student": True}
+    assert trainer.student_side.mode.rows_only
     # After the first batch's check, the model's own forward applies its output layer to no position at all.
     assert student.logits is None and logits.shape[1] == 0
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
@@ -57,7 +55,7 @@ def test_a_model_with_final_logit_softcapping_falls_back_to_its_full_forward(tmp
     batch = first_batch(trainer)
     with torch.no_grad(), pytest.warns(UserWarning, match="student's logits are not its output layer"):
         loss = trainer.compute_loss(trainer.model, batch)
-    assert trainer._logits_from_hidden == {"student": False}
+    assert not trainer.student_side.mode.rows_only
     with torch.no_grad():
         torch.testing.assert_close(loss, model_loss(model, batch), rtol=1e-5, atol=0)
         again = trainer.compute_loss(trainer.model, batch)  # decided once: no second check, no second warning
@@ -121,7 +119,7 @@ def test_rows_only_and_full_forward_give_the_same_loss_and_gradients(
         return loss, dict(zip(trained, torch.autograd.grad(loss, list(trained.values()), allow_unused=True)))
 
     rows_loss, rows_gradients = loss_and_gradients(return_outputs=False)
-    assert trainer._logits_from_hidden == {"student": True, "teacher": True}
+    assert trainer.student_side.mode.rows_only and trainer.teacher_side.mode.rows_only
     full_loss, full_gradients = loss_and_gradients(return_outputs=True)  # the student's full forward
     torch.testing.assert_close(rows_loss, full_loss, rtol=1e-5, atol=0)
     if lora_modules is None:  # the tied output layer learns through the rows only

@@ -63,7 +63,7 @@ def test_the_unpadded_forward_gives_the_padded_loss_and_gradients(tmp_path, stud
                 lambda module, inputs, output: embedding_inputs.append(inputs[0].shape)
             )
         results[unpadded] = second_batch_loss_and_gradients(trainer, batch)
-        assert trainer._unpadded_forward == {"student": unpadded, "teacher": unpadded}
+        assert (trainer.student_side.mode.unpadded, trainer.teacher_side.mode.unpadded) == (unpadded, unpadded)
     # The second batch's student forward saw the real tokens only, as one row.
     assert embedding_inputs[-1] == (1, int(batch["attention_mask"].sum()))
     (padded_loss, padded_gradients), (unpadded_loss, unpadded_gradients) = results[False], results[True]
@@ -97,5 +97,5 @@ def test_a_model_whose_attention_ignores_position_ids_runs_padded(tmp_path):
             with pytest.warns(UserWarning, match="student's forward on unpadded rows"):
                 trainer.compute_loss(trainer.model, batch)
         losses[unpadded] = trainer.compute_loss(trainer.model, batch).detach()
-        assert trainer._unpadded_forward == {"student": False, "teacher": unpadded}
+        assert (trainer.student_side.mode.unpadded, trainer.teacher_side.mode.unpadded) == (False, unpadded)
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=0)

@@ -8,7 +8,6 @@ data side; this module only needs tensors.
 import torch
 
 from hf_dwakd.baselines.common import baseline_method, response_logits
-from hf_dwakd.baselines.mined_alignment import MinEDAligner
 from hf_dwakd.objective.checks import check_pair, loss_denominator
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import gather_responses
@@ -122,14 +121,18 @@ def _kd_of_config(args, student, teacher, num_items_in_batch, context):
     )
 
 
+def _build_aligner(args, student_tokenizer, teacher_tokenizer):
+    """The vocabulary map (built once per tokenizer pair and cached on disk) and the token alignment."""
+    from hf_dwakd.baselines.mined_alignment import MinEDAligner  # Numba: loaded by mined runs only
+
+    return MinEDAligner(student_tokenizer, teacher_tokenizer, args.mined_cache_dir)
+
+
 register_method(
     baseline_method(
         "mined",
         _kd_of_config,
         fields=("mined_top_k", "mined_cache_dir"),
-        # The vocabulary map is built once per tokenizer pair and cached on disk.
-        build_aligner=lambda args, student_tokenizer, teacher_tokenizer: MinEDAligner(
-            student_tokenizer, teacher_tokenizer, args.mined_cache_dir
-        ),
+        build_aligner=_build_aligner,
     )
 )

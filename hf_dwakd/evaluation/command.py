@@ -13,9 +13,9 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from ..loading import DTYPES, load_model, load_tokenizer
 from .benchmarks import BENCHMARKS, load_benchmark, parse_benchmark_names
 from .generation import TEMPERATURE, TOP_K, TOP_P, GenerationSettings
-from .loading import DTYPES, load_model, load_tokenizer
 from .report import model_results, write_model_outputs, write_summary
 from .runner import default_seeds, evaluate_benchmark, prompt_ids_for
 
@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         benchmark.examples = benchmark.examples[: args.max_examples]
         if not benchmark.examples:
             raise ValueError(f"benchmark {benchmark.name!r}: {benchmark.source} holds no examples")
-    tokenizer = load_tokenizer(args.tokenizer or args.model_name_or_path, args.model_name_or_path)
+    tokenizer = load_tokenizer(
+        args.tokenizer or args.model_name_or_path,
+        fix=f"pass --tokenizer PATH when --model_name_or_path {args.model_name_or_path} has none",
+    )
     prompt_ids = [prompt_ids_for(benchmark, tokenizer, settings, args.chat_template) for benchmark in benchmarks]
     accelerator = Accelerator()  # reads the `accelerate launch` settings, e.g. --cpu
     model = load_model(args.model_name_or_path, args.adapter, args.dtype).to(accelerator.device)

@@ -12,8 +12,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
+from ..optional import require_matplotlib
 from .example import example_sides, response_tokens
-from .figure import alignment_figure, require_matplotlib, save_alignment
+from .figure import alignment_figure, save_alignment
 from .numbers import alignment_numbers
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,7 @@ class AlignmentPlotCallback(TrainerCallback):
     def draw(self, args, state):
         trainer = self.trainer
         student_model = trainer.accelerator.unwrap_model(trainer.model)
-        student, teacher = example_sides(
-            student_model, trainer.teacher_model, self.batch, trainer.student_vocab_size, trainer.teacher_vocab_size
-        )
+        student, teacher = example_sides(trainer.student_side, trainer.teacher_side, self.batch, student_model)
         numbers = alignment_numbers(
             student,
             teacher,

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .figure import require_matplotlib
+from ..optional import require_matplotlib
 
 
 def build_parser():
@@ -76,16 +76,22 @@ def inspect(args, row, projectors_path):
     import torch
     from safetensors.torch import load_file
 
+    from ..loading import load_model, load_tokenizer
+    from ..model_side import ModelSide
     from ..objective import DWAKDLossOptions
     from ..projectors import DWAKDProjectors
     from .example import example_batch, example_sides, response_tokens
     from .figure import save_alignment
     from .numbers import alignment_numbers
 
-    student_tokenizer = _tokenizer(args.student_tokenizer or args.student, "--student_tokenizer")
-    teacher_tokenizer = _tokenizer(args.teacher_tokenizer or args.teacher, "--teacher_tokenizer")
+    student_tokenizer = load_tokenizer(
+        args.student_tokenizer or args.student, role="student", fix="pass --student_tokenizer"
+    )
+    teacher_tokenizer = load_tokenizer(
+        args.teacher_tokenizer or args.teacher, role="teacher", fix="pass --teacher_tokenizer"
+    )
     batch = example_batch(row, student_tokenizer, teacher_tokenizer, args.max_length, args.max_prompt_length)
-    student_model, teacher_model = _student_model(args.student), _causal_lm(args.teacher)
+    student_model, teacher_model = load_model(args.student), load_model(args.teacher)
     state = load_file(str(projectors_path))
     projectors = DWAKDProjectors(
         student_model.config.get_text_config().hidden_size,
@@ -97,7 +103,9 @@ def inspect(args, row, projectors_path):
     except RuntimeError as error:
         raise ValueError(f"--projectors {projectors_path} do not fit this student and teacher: {error}") from None
     student, teacher = example_sides(
-        student_model, teacher_model, batch, len(student_tokenizer), len(teacher_tokenizer)
+        ModelSide("student", len(student_tokenizer), model=student_model, unpadded_forward=False),
+        ModelSide("teacher", len(teacher_tokenizer), prefix="teacher_", model=teacher_model, unpadded_forward=False),
+        batch,
     )
     projectors.to(student.hidden.device)
     with torch.no_grad():
@@ -123,30 +131,3 @@ def _data_row(path, index):
     if not 0 <= index < len(rows):
         raise ValueError(f"--index {index} is outside {path}, which has {len(rows)} rows (0 to {len(rows) - 1})")
     return rows[index]
-
-
-def _tokenizer(path, flag):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"no tokenizer at {path} ({error}): pass {flag}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _student_model(path):
-    """A full causal LM, or the base model with the adapter of a PEFT folder applied."""
-    if (Path(path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        return AutoPeftModelForCausalLM.from_pretrained(path)
-    return _causal_lm(path)
-
-
-def _causal_lm(path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path)

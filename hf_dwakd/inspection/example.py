@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 
 from ..data import DistillationCollator, prepare_distillation_dataset
-from ..objective import SideOutputs, shift_for_next_token
+from ..objective import SideOutputs
 
 
 def example_batch(row, student_tokenizer, teacher_tokenizer, max_length, max_prompt_length):
@@ -16,46 +16,22 @@ def example_batch(row, student_tokenizer, teacher_tokenizer, max_length, max_pro
 
 
 @torch.no_grad()
-def example_sides(student_model, teacher_model, batch, student_vocab_size, teacher_vocab_size):
-    """`(student, teacher)` `SideOutputs` of a collated batch: one forward pass of each model, in eval mode.
-
-    The only place where the inspection turns models into the objective's inputs (like the trainer's
-    `_side_outputs`); the models' train/eval modes are restored afterwards.
-    """
-    sides = []
-    for model, prefix, vocab_size in (
-        (student_model, "", student_vocab_size),
-        (teacher_model, "teacher_", teacher_vocab_size),
-    ):
-        device = next(model.parameters()).device
-        input_ids = batch[f"{prefix}input_ids"].to(device)
-        was_training = model.training
-        model.eval()
-        try:
-            outputs = model(
-                input_ids=input_ids,
-                attention_mask=batch[f"{prefix}attention_mask"].to(device),
-                output_hidden_states=True,
-                use_cache=False,
-                logits_to_keep=1,  # the losses apply the output layer to the rows they read
-            )
-            embeddings = model.get_input_embeddings()(input_ids)  # the embedding layer alone, not a second forward
-        finally:
-            model.train(was_training)
-        labels = batch[f"{prefix}labels"].to(device)
-        output_layer = model.get_output_embeddings()
-        sides.append(
-            shift_for_next_token(
-                None,
-                outputs.hidden_states[-1],
-                embeddings,
-                labels,
-                output_layer.weight,
-                vocab_size,
-                output_layer=output_layer,
-            )
-        )
-    return tuple(sides)
+def example_sides(student, teacher, batch, model=None):
+    """`(student, teacher)` `SideOutputs` of a collated batch: one forward pass of each side, its model in eval
+    mode (restored afterwards). `student` and `teacher` are `ModelSide`s (a cached run's teacher side too);
+    `model` is the model the student side runs (None: its own)."""
+    student_model = model if model is not None else student.model
+    models = [m for m in (student_model, getattr(teacher, "model", None)) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        device = next(student_model.parameters()).device
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        return student(batch, student_model)[0], teacher(batch)[0]
+    finally:
+        for m, training in zip(models, modes):
+            m.train(training)
 
 
 def response_tokens(side: SideOutputs, tokenizer) -> list[str]:

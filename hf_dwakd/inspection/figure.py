@@ -5,21 +5,12 @@ import math
 import textwrap
 from pathlib import Path
 
+from ..optional import require_matplotlib
 from .numbers import AlignmentNumbers
 
 MAX_LABELS = 80  # token labels per axis; longer sequences label every k-th token
 INCHES_PER_TOKEN = 0.13
 LABEL_FONT_SIZE = 6.5
-
-
-def require_matplotlib():
-    """Fail early, naming the extra, when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "Drawing the alignment needs matplotlib: install it with `pip install hf-dwakd[plot]`."
-        ) from None
 
 
 def alignment_figure(numbers: AlignmentNumbers):

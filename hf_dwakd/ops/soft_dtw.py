@@ -11,7 +11,7 @@ from numbers import Real
 
 import torch
 
-from hf_dwakd.ops import _cpu, _reference
+from hf_dwakd.ops import _reference
 
 BACKENDS = ("auto", "cpu", "triton", "reference")
 
@@ -24,6 +24,12 @@ def _triton_backend():
     return _triton
 
 
+def _cpu_backend():
+    from hf_dwakd.ops import _cpu  # compiles with Numba: loaded when a CPU Soft-DTW first runs
+
+    return _cpu
+
+
 def _resolve_backend(name, cost):
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r} is unknown; use one of {BACKENDS}.")
@@ -33,13 +39,13 @@ def _resolve_backend(name, cost):
             triton = _triton_backend()
             # The Triton kernel computes in float32 only; float64 (gradcheck) goes to the reference.
             return triton if triton is not None and cost.dtype != torch.float64 else _reference
-        return _cpu if cost.device.type == "cpu" else _reference
+        return _cpu_backend() if cost.device.type == "cpu" else _reference
     if name == "reference":
         return _reference
     if name == "cpu":
         if cost.device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got {cost.device}; use backend='auto'.")
-        return _cpu
+        return _cpu_backend()
     if not is_cuda:
         raise ValueError(f"backend='triton' needs CUDA tensors, got {cost.device}; use backend='auto'.")
     triton = _triton_backend()

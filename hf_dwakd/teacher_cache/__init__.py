@@ -7,10 +7,11 @@ the states from the cache (`build_teacher_cache`, or `hf-dwakd cache-teacher`).
 """
 
 from .build import build_teacher_cache, shard_range
-from .light_teacher import LightTeacher, cached_teacher_outputs, load_light_teacher
+from .light_teacher import CachedTeacherSide, LightTeacher, cached_teacher_outputs, load_light_teacher
 from .store import HIDDEN_COLUMN, STORAGE_DTYPES
 
 __all__ = [
+    "CachedTeacherSide",
     "HIDDEN_COLUMN",
     "STORAGE_DTYPES",
     "LightTeacher",

@@ -9,10 +9,11 @@ from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from ..data import DistillationCollator, prepare_distillation_dataset
-from ..objective.outputs import IGNORE_INDEX, no_logit_positions
+from ..loading import ensure_pad_token, load_teacher, load_tokenizer
+from ..model_side import ModelSide
 from .store import (
     CACHE_FORMAT,
     HIDDEN_COLUMN,
@@ -23,12 +24,11 @@ from .store import (
     split_names,
     states_features,
     states_to_storage,
+    weights_identity,
     write_metadata,
 )
 
 SHARDS_FOLDER = ".shards"
-# Config fields of known teachers whose logits are not the output layer applied to the last hidden state.
-LOGIT_POSTPROCESSING_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 def build_teacher_cache(
@@ -52,8 +52,6 @@ def build_teacher_cache(
     refused. Before anything is stored, the teacher's first batch must show that its logits are its output layer
     applied to its last hidden state, which is all a cached run can recompute.
     """
-    from ..trainer import _ensure_pad_token, _load_tokenizer, _teacher_init_kwargs
-
     cache_dir = args.teacher_cache_dir
     if cache_dir is None:
         raise ValueError("Set `teacher_cache_dir` (the folder to write the teacher cache to).")
@@ -62,11 +60,14 @@ def build_teacher_cache(
         raise ValueError("Building a teacher cache needs the teacher: set `teacher_model_name_or_path`.")
     teacher_name = teacher_model if isinstance(teacher_model, str) else teacher_model.config._name_or_path
     if teacher_tokenizer is None:
-        teacher_tokenizer = _load_tokenizer(
-            args.teacher_tokenizer_name_or_path or teacher_name, "teacher", "teacher_tokenizer_name_or_path"
+        teacher_tokenizer = load_tokenizer(
+            args.teacher_tokenizer_name_or_path or teacher_name,
+            role="teacher",
+            fix="set `teacher_tokenizer_name_or_path`",
+            trust_remote_code=args.trust_remote_code,
         )
     for role, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
-        _ensure_pad_token(tokenizer, role)
+        ensure_pad_token(tokenizer, role)
 
     splits = {"train": train_dataset, **split_names(eval_dataset)}
     prepared = {
@@ -75,22 +76,37 @@ def build_teacher_cache(
         )
         for name, data in splits.items()
     }
-    config = teacher_model.config if not isinstance(teacher_model, str) else AutoConfig.from_pretrained(teacher_model)
+    revision = (args.teacher_model_init_kwargs or {}).get("revision")
+    if isinstance(teacher_model, str):
+        config = AutoConfig.from_pretrained(teacher_model, revision=revision, trust_remote_code=args.trust_remote_code)
+    else:
+        config = teacher_model.config
+    weights = weights_identity(teacher_model, revision)
     run = describe_run(
-        teacher_name, config, teacher_tokenizer, args.max_length, args.max_prompt_length, prepared
+        teacher_name, config, weights, teacher_tokenizer, args.max_length, args.max_prompt_length, prepared
     )
     if _reusable(cache_dir, run, args.teacher_cache_dtype):
         return Path(cache_dir)
 
     state = PartialState()
     if isinstance(teacher_model, str):
-        teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, **_teacher_init_kwargs(args))
+        teacher_model = load_teacher(teacher_model, args)
     teacher_model.requires_grad_(False)
     teacher_model.eval().to(state.device)
+    autocast_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    # Each process runs its own copy of the teacher: no decision needs agreeing.
+    teacher = ModelSide(
+        "teacher",
+        len(teacher_tokenizer),
+        prefix="teacher_",
+        model=teacher_model,
+        unpadded_forward=args.unpadded_forward,
+        across_processes=False,
+        autocast=lambda: torch.autocast(state.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+    )
     collator = DistillationCollator(student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)
     shards = Path(cache_dir) / SHARDS_FOLDER
     shards.mkdir(parents=True, exist_ok=True)
-    checked = False
     for name, data in prepared.items():
         start, end = shard_range(len(data), state.num_processes, state.process_index)
         writer = _StatesWriter(shards / f"{name}-{state.process_index:05d}.arrow", config, args.teacher_cache_dtype)
@@ -102,8 +118,7 @@ def build_teacher_cache(
         )
         with writer, progress:
             for batch in loader:
-                writer.write(_teacher_states(teacher_model, batch, args, state.device, check=not checked))
-                checked = True
+                writer.write(_teacher_states(teacher, batch, state.device))
                 progress.update(batch["teacher_input_ids"].shape[0])
     state.wait_for_everyone()
     if state.is_main_process:
@@ -127,39 +142,25 @@ def shard_range(num_rows: int, num_shards: int, index: int) -> tuple[int, int]:
     return index * num_rows // num_shards, (index + 1) * num_rows // num_shards
 
 
-def check_output_layer(teacher_model, logits: torch.Tensor, last_hidden: torch.Tensor) -> None:
-    """Refuse a teacher whose logits are not its output layer applied to its last hidden state."""
-    recomputed = teacher_model.get_output_embeddings()(last_hidden)
-    if torch.allclose(recomputed.float(), logits.float(), rtol=1e-3, atol=1e-5):
-        return
-    config = teacher_model.config.get_text_config()
-    settings = [f"{key}={getattr(config, key)}" for key in LOGIT_POSTPROCESSING_FIELDS if getattr(config, key, None)]
-    reason = f"its config sets {', '.join(settings)}" if settings else "it post-processes its logits"
-    raise ValueError(
-        f"The teacher {config._name_or_path or type(teacher_model).__name__} cannot be cached: its logits are not "
-        f"its output layer applied to its last hidden state ({reason}; largest difference "
-        f"{(recomputed.float() - logits.float()).abs().max().item():.3g}). A cached run recomputes the logits that "
-        "way, so it would train on other targets: train with the live teacher (leave `teacher_cache_dir` unset)."
-    )
+def _teacher_states(teacher: ModelSide, batch, device) -> list[torch.Tensor]:
+    """Each example's last hidden states at its positions whose next-token label is a response token.
 
-
-def _teacher_states(teacher_model, batch, args, device, check: bool) -> list[torch.Tensor]:
-    """Each example's last hidden states at its positions whose next-token label is a response token."""
-    labels = batch["teacher_labels"]
-    autocast_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        outputs = teacher_model(
-            input_ids=batch["teacher_input_ids"].to(device),
-            attention_mask=batch["teacher_attention_mask"].to(device),
-            output_hidden_states=True,
-            use_cache=False,
-            **({} if check else {"logits_to_keep": no_logit_positions(device)}),  # only the check needs logits
-        )
-        last_hidden = outputs.hidden_states[-1]
-        if check:
-            check_output_layer(teacher_model, outputs.logits, last_hidden)
-    predicts_response = (labels[:, 1:] != IGNORE_INDEX).to(device)
-    return [states[:-1][mask] for states, mask in zip(last_hidden, predicts_response)]
+    Before the first batch is stored, refuses a teacher whose logits are not its output layer applied to its last
+    hidden state: a cached run recomputes the logits that way, so it would train on other targets."""
+    batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+    if teacher.mode is None:
+        mode = teacher.settle(teacher.model, batch["teacher_input_ids"], batch["teacher_attention_mask"])
+        if not mode.rows_only:
+            config = teacher.model.config.get_text_config()
+            raise ValueError(
+                f"The teacher {config._name_or_path or type(teacher.model).__name__} cannot be cached: its logits "
+                f"are not its output layer applied to its last hidden state ({mode.full_logits_reason}). A cached "
+                "run recomputes the logits that way, so it would train on other targets: train with the live "
+                "teacher (leave `teacher_cache_dir` unset)."
+            )
+    with torch.no_grad():
+        side, _ = teacher(batch)
+    return [states[mask] for states, mask in zip(side.hidden, side.response_mask)]
 
 
 class _StatesWriter:

@@ -17,9 +17,9 @@ DESCRIPTION = (
 
 
 def main(argv):
+    from ..loading import load_tokenizer
     from ..scripts.recipe import RecipeParser, check_train_arguments
     from ..scripts.train import TRAIN_DATACLASSES, load_train_datasets
-    from ..trainer import _load_tokenizer
     from .build import build_teacher_cache
 
     try:
@@ -36,6 +36,11 @@ def main(argv):
         raise SystemExit(2) from None
     teacher_kwargs = dict(attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
     training_args.teacher_model_init_kwargs = {**teacher_kwargs, **(training_args.teacher_model_init_kwargs or {})}
-    student_tokenizer = _load_tokenizer(model_args.model_name_or_path, "student", "model_name_or_path")
+    student_tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        role="student",
+        fix="check `model_name_or_path`",
+        trust_remote_code=training_args.trust_remote_code,
+    )
     path = build_teacher_cache(training_args, train_dataset, eval_dataset, student_tokenizer=student_tokenizer)
     print(f"Teacher cache ready in {path}.")

@@ -1,6 +1,7 @@
 """The part of the teacher a cached run keeps: its input-embedding and output layers, and the `SideOutputs` they
 give with the cached last hidden states (the same as the live teacher's, see `cached_teacher_outputs`)."""
 
+import contextlib
 import copy
 
 import torch
@@ -59,7 +60,22 @@ def load_light_teacher(name_or_path: str, **init_kwargs) -> LightTeacher:
     return LightTeacher(model.get_input_embeddings(), model.get_output_embeddings(), config).eval()
 
 
-def cached_teacher_outputs(batch: dict, teacher: LightTeacher, vocab_size: int) -> SideOutputs:
+class CachedTeacherSide:
+    """The teacher's role in a cached run, called like a live `ModelSide`: a collated batch -> `SideOutputs`.
+
+    `autocast` is the mixed-precision context the live teacher's output layer runs under, so that a cached run
+    computes the same logits."""
+
+    def __init__(self, teacher: LightTeacher, vocab_size: int, autocast=contextlib.nullcontext):
+        self.teacher, self.vocab_size, self.autocast = teacher, vocab_size, autocast
+
+    def __call__(self, batch: dict, model=None, full_logits: bool = False) -> tuple[SideOutputs, None]:
+        return cached_teacher_outputs(batch, self.teacher, self.vocab_size, self.autocast), None
+
+
+def cached_teacher_outputs(
+    batch: dict, teacher: LightTeacher, vocab_size: int, autocast=contextlib.nullcontext
+) -> SideOutputs:
     """The teacher's `SideOutputs` from a collated batch holding its cached states.
 
     Everything the objectives read of the teacher lies at response positions (the next-token label is not -100):
@@ -83,6 +99,9 @@ def cached_teacher_outputs(batch: dict, teacher: LightTeacher, vocab_size: int) 
         hidden = stored.new_zeros(input_ids.shape[0], input_ids.shape[1], stored.shape[-1], dtype=weight.dtype)
         hidden[:, :-1][predicts_response] = stored[kept].to(weight.dtype)
         embeddings = teacher.input_embeddings(input_ids)
-    return shift_for_next_token(
-        None, hidden, embeddings, labels, weight, vocab_size, output_layer=teacher.output_layer
-    )
+
+    def output_layer(rows):
+        with autocast():
+            return teacher.output_layer(rows)
+
+    return shift_for_next_token(None, hidden, embeddings, labels, weight, vocab_size, output_layer=output_layer)

@@ -21,15 +21,17 @@ from datasets import Array2D, Dataset, Features, concatenate_datasets, load_from
 from ..data.collator import TEACHER_HIDDEN_COLUMN as HIDDEN_COLUMN
 
 METADATA_NAME = "metadata.json"
-CACHE_FORMAT = "hf_dwakd-teacher-cache-v1"
+CACHE_FORMAT = "hf_dwakd-teacher-cache-v2"
 # The `teacher_cache_dtype` choices and the Arrow type each is stored as.
 STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Config entries that say how a model was loaded or saved, not what it computes.
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 # The fields a run must share with the cache, in the order they are checked, with the option that sets each.
 RUN_FIELDS = {
     "teacher_name_or_path": "teacher_model_name_or_path",
     "teacher_config": "the teacher's config.json",
+    "teacher_weights": "the teacher's weights (retrained in place, another revision or another model object?)",
     "teacher_tokenizer": "teacher_tokenizer_name_or_path",
     "max_length": "max_length",
     "max_prompt_length": "max_prompt_length",
@@ -45,16 +47,45 @@ def split_names(eval_dataset) -> dict:
     return {"eval": eval_dataset}
 
 
-def describe_run(teacher_name, teacher_config, teacher_tokenizer, max_length, max_prompt_length, splits) -> dict:
-    """What a cache must have been built from to serve this run; `splits` are the prepared datasets by name."""
+def describe_run(
+    teacher_name, teacher_config, teacher_weights, teacher_tokenizer, max_length, max_prompt_length, splits
+) -> dict:
+    """What a cache must have been built from to serve this run; `teacher_weights` is `weights_identity`'s,
+    `splits` are the prepared datasets by name."""
     return {
         "teacher_name_or_path": _normalised_name(teacher_name),
         "teacher_config": _config_hash(teacher_config),
+        "teacher_weights": teacher_weights,
         "teacher_tokenizer": _tokenizer_hash(teacher_tokenizer),
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,
         "splits": {name: {"fingerprint": data_fingerprint(data), "rows": len(data)} for name, data in splits.items()},
     }
+
+
+def weights_identity(teacher, revision: str | None = None) -> str:
+    """What the teacher's weights are: a hash of the state dict of a model object, a hash of the weight files'
+    contents in a local folder, or the commit (else the revision) of a Hub id."""
+    if isinstance(teacher, torch.nn.Module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(teacher.state_dict().items()):
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return f"state dict sha256:{digest.hexdigest()}"
+    folder = Path(os.path.expanduser(str(teacher)))
+    if folder.is_dir():
+        files = sorted(path for path in folder.iterdir() if path.suffix in WEIGHT_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"The teacher folder {folder} holds no weight files ({WEIGHT_SUFFIXES}).")
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.name.encode())
+            with open(path, "rb") as file:
+                while block := file.read(1 << 24):
+                    digest.update(block)
+        return f"files sha256:{digest.hexdigest()}"
+    return f"hub {teacher}@{_hub_commit(str(teacher), revision) or revision or 'main'}"
 
 
 def data_fingerprint(prepared: Dataset) -> str:
@@ -139,8 +170,14 @@ def states_features(hidden_size: int, dtype: str) -> Features:
 
 
 def states_to_storage(states: torch.Tensor, dtype: str) -> np.ndarray:
-    """(n, d) states of any float dtype -> the numpy array stored for `dtype`."""
+    """(n, d) states of any float dtype -> the numpy array stored for `dtype`; refuses states that overflow it."""
     converted = states.detach().to(device="cpu", dtype=getattr(torch, dtype))
+    if not bool(converted.isfinite().all()) and bool(states.isfinite().all()):
+        raise ValueError(
+            f"The teacher's last hidden states reach {states.abs().max().item():.4g}, beyond the largest {dtype} "
+            f"({torch.finfo(converted.dtype).max:.4g}): a {dtype} cache would hold infinities. Set "
+            "`teacher_cache_dtype` to 'bfloat16' or 'float32'."
+        )
     if dtype == "bfloat16":
         converted = converted.view(torch.uint16)
     return converted.numpy()
@@ -149,6 +186,16 @@ def states_to_storage(states: torch.Tensor, dtype: str) -> np.ndarray:
 def states_from_storage(stored: torch.Tensor) -> torch.Tensor:
     """Stored states (a batch of them, any shape) -> a float tensor; uint16 holds bfloat16 bit patterns."""
     return stored.view(torch.bfloat16) if stored.dtype == torch.uint16 else stored
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit a Hub id's revision resolves to in the local Hub cache, or None when it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if not isinstance(path, str):
+        return None
+    return Path(path).parent.name  # .../snapshots/<commit>/config.json
 
 
 def _normalised_name(name):
