@@ -70,4 +70,4 @@ def _kd_of_config(args, student, teacher, num_items_in_batch, context):
     return uld_loss(student, teacher, num_items_in_batch, top_k=args.uld_top_k, temperature=args.kd_temperature)
 
 
-register_method(baseline_method("uld", _kd_of_config, fields=("uld_top_k",)))
+register_method(baseline_method("uld", _kd_of_config, fields=("uld_top_k",), several_teachers=True))
