@@ -70,8 +70,9 @@ def check_train_arguments(script_args, training_args, model_args):
     if not script_args.dataset_files:
         named.append(("dataset_name", script_args.dataset_name))
     for name, value in named:
-        if value is not None:
-            _check_hub_id_or_path(name, value)
+        for entry in value if isinstance(value, list) else [value]:
+            if entry is not None:
+                _check_hub_id_or_path(name, entry)
 
     if script_args.dataset_files:
         files = dataset_files_by_split(script_args.dataset_files)
