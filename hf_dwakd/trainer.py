@@ -511,6 +511,7 @@ def _resolve_teacher_argument(teacher_model, args) -> list:
         if teacher_model is not None or args.teacher_model_name_or_path is not None:
             warnings.warn(f"kd_method={args.kd_method!r} uses no teacher; the teacher given is not loaded.")
         return []
+    source = "`teacher_model`" if teacher_model is not None else "`teacher_model_name_or_path`"
     teacher_model = single_or_list(teacher_model)
     built = [teacher for teacher in per_teacher(teacher_model, 1) if not isinstance(teacher, (str, type(None)))]
     if built and args.teacher_model_init_kwargs:
@@ -525,7 +526,7 @@ def _resolve_teacher_argument(teacher_model, args) -> list:
             "`teacher_model_name_or_path` in DWAKDConfig."
         )
     teachers = per_teacher(teacher_model, 1)
-    args.check_teachers(len(teachers), "`teacher_model`")
+    args.check_teachers(len(teachers), source)
     return teachers
 
 
