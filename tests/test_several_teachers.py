@@ -296,9 +296,11 @@ def test_the_command_line_and_recipes_take_the_list_form(tmp_path):
         f"model_name_or_path: owner/student\ndataset_files: [train={data}]\noutput_dir: out\nuse_cpu: true\n"
         "bf16: false\nreport_to: none\nteacher_model_name_or_path: [owner/a, owner/b]\n"
         "teacher_cache_dir: [null, cache/b]\nteacher_weights: [1, 3]\n"
+        "teacher_tokenizer_name_or_path: [null, owner/tok]\n"
     )
     _, args, _ = train_script.parse_train_arguments(["--config", str(recipe)])
     assert args.teacher_model_name_or_path == ["owner/a", "owner/b"]
+    assert args.teacher_tokenizer_name_or_path == [None, "owner/tok"]  # null: the teacher's own
     assert args.teacher_cache_dir == [None, "cache/b"]
     assert args.teacher_weights == [1.0, 3.0]
     with pytest.raises(ValueError, match="`teacher_weights` must be finite numbers >= 0"):

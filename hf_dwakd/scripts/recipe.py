@@ -155,7 +155,7 @@ def _checked_value(value, action, accepts_dict):
         raise ValueError(f"expects a single value, got the mapping {value!r}")
     if action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [value]
-        return [_converted(item, action) for item in items]
+        return [None if item is None else _converted(item, action) for item in items]  # null: an entry left unset
     if isinstance(value, list):
         raise ValueError(f"expects a single value, got the list {value!r}")
     return _converted(value, action)
