@@ -40,6 +40,9 @@ class ModelSide:
     unpadded_forward: try the unpadded forward; across_processes: agree the decisions with the other processes.
     unwrap: the model under a DDP/DeepSpeed wrapper; autocast: the mixed-precision context of the forward and of
     the output layer applied outside it; full_weight: the output layer's weight whole (gathered under ZeRO-3).
+    output_hooks: False runs the output layer applied outside the forward without its module's hooks: under FSDP2
+    they are FSDP's, and called again after the model's forward they would start a new pass of its unit, which
+    then reshards in the middle of the backward (its weights are gathered there already: `fsdp2.gathered_roots`).
     """
 
     def __init__(
@@ -54,11 +57,13 @@ class ModelSide:
         unwrap=lambda model: model,
         autocast=contextlib.nullcontext,
         full_weight=None,
+        output_hooks: bool = True,
     ):
         self.role, self.vocab_size, self.prefix, self.model = role, vocab_size, prefix, model
         self.unpadded_forward, self.across_processes = unpadded_forward, across_processes
         self.unwrap, self.autocast = unwrap, autocast
         self.full_weight = full_weight or whole_weight
+        self.output_hooks = output_hooks
         self.mode: ForwardMode | None = None
 
     def __call__(self, batch: dict, model=None, full_logits: bool = False) -> tuple[SideOutputs, torch.Tensor]:
@@ -99,11 +104,12 @@ class ModelSide:
         return side, outputs.logits
 
     def output_layer(self, module):
-        """`module` on hidden rows under the autocast of the forward."""
+        """`module` on hidden rows under the autocast of the forward (without its hooks unless `output_hooks`)."""
+        forward = module if self.output_hooks else module.forward
 
         def apply(rows):
             with self.autocast():
-                return module(rows)
+                return forward(rows)
 
         return apply
 

@@ -20,9 +20,11 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 
 from .config import DWAKDConfig
 from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .fsdp2 import gathered_roots, load_full_state, shard_teacher
 from .inspection import AlignmentPlotCallback
 from .loading import ensure_pad_token, load_teacher, load_tokenizer, teacher_init_kwargs
 from .methods import TeacherOutputs, distillation_loss, metric_name, several_teachers_loss
+from .model_card import complete_trainer_card, read_card
 from .model_side import ModelSide, whole_weight
 from .projectors import PROJECTORS_NAME, DWAKDProjectors, projectors_file_name
 from .registry import get_method
@@ -31,6 +33,7 @@ from .teacher_cache.store import (
     check_cache_matches,
     describe_run,
     join_cached_states,
+    read_metadata,
     split_names,
     weights_identity,
 )
@@ -204,6 +207,7 @@ class DWAKDTrainer(SFTTrainer):
             autocast=self.accelerator.autocast,
             full_weight=self._full_lm_head_weight,
             unpadded_forward=args.unpadded_forward,
+            output_hooks=not self.accelerator.is_fsdp2,
         )
         self.student_side = ModelSide("student", self.student_vocab_size, **side_options)
         self.distillation_method = get_method(args.kd_method)
@@ -233,7 +237,7 @@ class DWAKDTrainer(SFTTrainer):
             return prepare_deepspeed(teacher_model, self.accelerator)
         if self.is_fsdp_enabled:
             if self.accelerator.state.fsdp_plugin.fsdp_version == 2:
-                _shard_each_layer(teacher_model)
+                return shard_teacher(teacher_model, self.accelerator)
             return prepare_fsdp(teacher_model, self.accelerator)
         return self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
@@ -243,7 +247,7 @@ class DWAKDTrainer(SFTTrainer):
         teacher_model.requires_grad_(False)
         teacher_model.eval()
         prefix = teacher_prefix(index)
-        role = TeacherRole(name=name, weight=weight, prefix=prefix, tokenizer=tokenizer)
+        role = TeacherRole(name=name, weight=weight, prefix=prefix, tokenizer=tokenizer, cache_dir=cache_dir)
         if cache_dir is not None:
             role.cached = teacher_model.to(self.accelerator.device)
             role.side = CachedTeacherSide(
@@ -317,6 +321,17 @@ class DWAKDTrainer(SFTTrainer):
         return optimizer
 
     # ---- loss --------------------------------------------------------------------------------------------------
+
+    def training_step(self, model, *args, **kwargs):
+        with gathered_roots(model, *self._live_teachers()):  # the losses read root parameters after the forwards
+            return super().training_step(model, *args, **kwargs)
+
+    def prediction_step(self, model, *args, **kwargs):
+        with gathered_roots(model, *self._live_teachers()):
+            return super().prediction_step(model, *args, **kwargs)
+
+    def _live_teachers(self):
+        return [teacher.model for teacher in self.teachers if teacher.model is not None]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -441,44 +456,27 @@ class DWAKDTrainer(SFTTrainer):
                     "from random. Resume from a checkpoint written by DWAKDTrainer with the same teachers."
                 )
             state |= {key_prefix + key: value for key, value in load_file(path, device=device).items()}
-        self.projectors.load_state_dict(state)
+        load_full_state(self.projectors, state)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's card, naming the teacher, with the scores an earlier `hf-dwakd evaluate --update_model_card` wrote
+        into this folder's card (TRL writes a new card over it)."""
+        earlier = read_card(self.args.output_dir) if self.is_world_process_zero() else None
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if not self.teachers or not self.is_world_process_zero():
+        if not self.is_world_process_zero():
             return
-        names = [self._teacher_name_or_path(teacher) for teacher in self.teachers]
-        if len(names) == 1:
-            text = f"## Teacher\n\nDistilled with DWA-KD from the teacher model `{names[0]}`.\n"
-        else:
-            listed = "".join(
-                f"- `{name}` (weight {teacher.weight:.3g})\n" for name, teacher in zip(names, self.teachers)
-            )
-            method = "DWA-KD" if self.args.kd_method == "dwakd" else self.args.kd_method
-            text = f"## Teachers\n\nDistilled with {method} from {len(names)} teacher models at once:\n\n{listed}"
-        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
-            card.write(f"\n{text}")
+        teachers = [(self._teacher_name(teacher), teacher.weight) for teacher in self.teachers]
+        if len(teachers) < 2:  # one teacher: its name; none: None
+            teachers = teachers[0][0] if teachers else None
+        complete_trainer_card(self.args.output_dir, earlier, teachers, self.args.kd_method)
 
-    def _teacher_name_or_path(self, teacher: TeacherRole) -> str:
-        model = teacher.cached if teacher.cached is not None else self.accelerator.unwrap_model(teacher.model)
-        return model.config._name_or_path or teacher.name
+    def _teacher_name(self, teacher: TeacherRole) -> str:
+        if teacher.cached is not None:  # the name the cache was built from
+            return read_metadata(teacher.cache_dir)["teacher_name_or_path"]
+        return self.accelerator.unwrap_model(teacher.model).config._name_or_path
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
-
-
-def _shard_each_layer(model):
-    """FSDP2-shard every decoder layer of a model that only runs forwards.
-
-    TRL's `prepare_fsdp` shards the root alone, and a root never reshards after a forward without backward, so
-    the whole teacher would stay gathered on every GPU; sharded layer by layer, only the root's own weights do.
-    """
-    from torch.distributed.fsdp import fully_shard
-
-    layer_classes = set(model._no_split_modules or [])
-    for module in model.modules():
-        if type(module).__name__ in layer_classes:
-            fully_shard(module)
 
 
 def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset, cache_dir, prefix):
