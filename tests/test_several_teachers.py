@@ -6,6 +6,7 @@ BPE): three vocabularies, none shared.
 
 import fnmatch
 import functools
+import json
 import os
 
 import pytest
@@ -313,3 +314,43 @@ def test_teacher_names_are_short_unique_and_safe():
         "gemma-3-270m",
     ]
     assert teacher_names(["a/same", "b/same", ""]) == ["same-1", "same-2", "teacher3"]
+
+
+def test_inspect_draws_one_row_per_teacher(tmp_path, capsys):
+    from matplotlib.image import imread
+    from safetensors.torch import save_file
+
+    from hf_dwakd.cli import main as cli_main
+
+    student_tokenizer, *teacher_tokenizers = tokenizers()
+    tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1).save_pretrained(tmp_path / "student")
+    student_tokenizer.save_pretrained(tmp_path / "student")
+    for name, model, tokenizer in zip(NAMES, teachers(), teacher_tokenizers):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        torch.manual_seed(len(name))
+        projectors = DWAKDProjectors(16, model.config.hidden_size).state_dict()
+        path = tmp_path / "student" / f"projectors-{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in projectors.items()}, path)
+    example = ["--text", ROWS[3]["prompt"], "--response", ROWS[3]["completion"]]
+    both = ["--student", str(tmp_path / "student")]
+    both += [flag for name in NAMES for flag in ("--teacher", str(tmp_path / name))]
+    cli_main(["inspect", *both, *example, "--output", str(tmp_path / "both.png")])
+    numbers = json.loads((tmp_path / "both.json").read_text(encoding="utf-8"))
+    assert list(numbers) == NAMES
+    one_row_height = None
+    for name in NAMES:
+        single = tmp_path / f"{name}.png"
+        projectors = tmp_path / "student" / f"projectors-{name}.safetensors"
+        arguments = ["--student", str(tmp_path / "student"), "--teacher", str(tmp_path / name)]
+        cli_main(["inspect", *arguments, "--projectors", str(projectors), *example, "--output", str(single)])
+        alone = json.loads(single.with_suffix(".json").read_text(encoding="utf-8"))
+        assert numbers[name]["teacher_tokens"] == alone["teacher_tokens"]
+        torch.testing.assert_close(torch.tensor(numbers[name]["attention"]), torch.tensor(alone["attention"]))
+        one_row_height = imread(single).shape[0]
+    assert imread(tmp_path / "both.png").shape[0] > 1.5 * one_row_height  # two rows of panels
+    assert numbers[NAMES[0]]["teacher_tokens"] != numbers[NAMES[1]]["teacher_tokens"]  # two vocabularies
+
+    with pytest.raises(SystemExit):
+        cli_main(["inspect", *both, *example, "--projectors", "one.safetensors", "--output", str(tmp_path / "x.png")])
+    assert "--projectors is given 1 times for 2 --teacher" in capsys.readouterr().err
