@@ -37,7 +37,7 @@ class DWAKDConfig(SFTConfig):
         teacher_model_init_kwargs (`dict` or JSON `str`, *optional*): keyword arguments for
             `AutoModelForCausalLM.from_pretrained` when a teacher is loaded from a name (shared by every teacher).
         teacher_tokenizer_name_or_path (`str` or `list[str]`, *optional*): the teacher's tokenizer; defaults to the
-            teacher's name. With several teachers, one entry per teacher.
+            teacher's name. With several teachers, one entry per teacher (None: that teacher's own).
         teacher_weights (`list[float]`, *optional*): each teacher's share of the distillation terms, >= 0,
             divided by their sum; equal when unset.
         teacher_cache_dir (`str` or `list`, *optional*): a teacher cache (`hf-dwakd cache-teacher`): train from the
