@@ -354,3 +354,41 @@ def test_inspect_draws_one_row_per_teacher(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["inspect", *both, *example, "--projectors", "one.safetensors", "--output", str(tmp_path / "x.png")])
     assert "--projectors is given 1 times for 2 --teacher" in capsys.readouterr().err
+
+
+def test_cache_teacher_command_builds_the_listed_teachers_caches_and_train_reads_them(tmp_path):
+    from hf_dwakd import cli
+
+    student_tokenizer, *teacher_tokenizers = tokenizers()
+    tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1).save_pretrained(tmp_path / "student")
+    student_tokenizer.save_pretrained(tmp_path / "student")
+    for name, model, tokenizer in zip(NAMES, teachers(), teacher_tokenizers):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"prompt": row["prompt"], "output": row["completion"]}) + "\n" for row in ROWS)
+    recipe = {
+        "model_name_or_path": str(tmp_path / "student"),
+        "teacher_model_name_or_path": [str(tmp_path / name) for name in NAMES],
+        "teacher_cache_dir": [str(tmp_path / "cache"), None],  # the second teacher runs live
+        "dataset_files": [f"train={tmp_path / 'train.jsonl'}"],
+        "output_dir": str(tmp_path / "out"),
+        "max_length": 64,
+        "max_prompt_length": 32,
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+    }
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    argv = ["--config", str(tmp_path / "recipe.yaml")]
+    cli.main(["cache-teacher", *argv])
+    metadata = json.loads((tmp_path / "cache" / "metadata.json").read_text())
+    assert metadata["splits"]["train"]["rows"] == len(ROWS)
+    assert not (tmp_path / NAMES[1] / "metadata.json").exists()
+
+    script_args, training_args, model_args = train_script.parse_train_arguments(argv)
+    run = train_script.build_trainer(
+        training_args, model_args, train_script.load_train_datasets(script_args, training_args)
+    )
+    assert isinstance(run.teachers[0].cached, LightTeacher) and run.teachers[1].model is not None
+    assert [teacher.name for teacher in run.teachers] == NAMES
