@@ -20,6 +20,8 @@ mix) on the same random models and data: a GPT-2-shaped student and a Llama-shap
 Llama-2 tokenizers of the test fixtures, trained on bundled Dolly prompts whose responses are lengthened (several
 Dolly responses joined) so that every example fills `--seq_len` tokens on the side that tokenizes it longer.
 `dwakd_no_dtw` is DWA-KD with `use_dtw=False`: the difference to `dwakd` is the Soft-DTW alignment's cost.
+`dwakd_two_teachers` distils from two teachers at once (random pair only): the Llama-shaped teacher and one of the
+same shape on the SmolLM2 tokenizer of the test fixtures, a third vocabulary, weighted equally.
 `dwakd_cached` and `dskd_cached` first build a teacher cache of the run's rows (`hf_dwakd.teacher_cache`; its time
 and size on disk are reported) and then train from it, with only the teacher's embedding and output layers loaded.
 
@@ -72,6 +74,10 @@ VARIANTS["dwakd_no_dtw"] = dict(kd_method="dwakd", use_dtw=False)
 # Trained from a teacher cache built just before, in the same process.
 CACHED_VARIANTS = {"dwakd_cached": "dwakd", "dskd_cached": "dskd"}
 VARIANTS.update({name: dict(kd_method=method) for name, method in CACHED_VARIANTS.items()})
+# Two teachers at once (random pair only): the Llama-shaped teacher, and a second of the same shape on the SmolLM2
+# tokenizer (a third vocabulary), weighted equally.
+TWO_TEACHER_VARIANTS = {"dwakd_two_teachers": "dwakd"}
+VARIANTS.update({name: dict(kd_method=method) for name, method in TWO_TEACHER_VARIANTS.items()})
 # DWA-KD vs DSKD in the paper (Section "Efficiency", batch 4): 0.45 s vs 0.35 s a step, 29.9 GB vs 26.4 GB.
 PAPER_TIME_RATIO = 0.45 / 0.35
 PAPER_MEMORY_RATIO = 29.9 / 26.4
@@ -118,6 +124,8 @@ def parse_args(argv=None):
         parser.error(f"--seq_len must be at least 16 (half of it goes to the prompt), got {args.seq_len}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device; use --device cpu.")
+    if args.pair == "demo" and set(args.methods or []) & set(TWO_TEACHER_VARIANTS):
+        parser.error(f"{', '.join(TWO_TEACHER_VARIANTS)}: random pair only (the demo has one teacher per direction).")
     if args.reference_src is not None and not (args.reference_src / "hf_dwakd" / "__init__.py").is_file():
         parser.error(f"--reference-src {args.reference_src} holds no hf_dwakd package (hf_dwakd/__init__.py).")
     return args
@@ -335,6 +343,11 @@ def run_worker(args):
                 teacher_tokenizer, "llama", args.teacher_hidden, args.teacher_layers, 2, args.device
             )
         peft_config, rows = None, dolly_rows(args.batch_size * total_steps, args.seq_len)
+        if args.worker in TWO_TEACHER_VARIANTS:
+            second_tokenizer = load_tokenizer("smollm2")
+            shape = (args.teacher_hidden, args.teacher_layers)
+            second = random_causal_lm(second_tokenizer, "llama", *shape, 3, args.device)
+            teacher, teacher_tokenizer = [teacher, second], [teacher_tokenizer, second_tokenizer]
     total_steps = args.warmup + args.steps
     config = DWAKDConfig(
         output_dir=str(Path(tempfile.gettempdir()) / "hf_dwakd_step_cost"),
@@ -445,6 +458,15 @@ def print_table(results, args, title):
             f"| {r['total_peak_mib']:.0f} | {tokens} |"
         )
     print_cache_figures(results, args)
+    for name, method in TWO_TEACHER_VARIANTS.items():
+        if name in results and method in results:
+            print_ratios(
+                f"{name} / {method}",
+                results[name],
+                results[method],
+                time_note="a second teacher's forward and loss",
+                memory_note="its weights included",
+            )
     if "dwakd" in results and "dskd" in results:
         print_ratios(
             "dwakd / dskd",

@@ -10,6 +10,13 @@ from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
 from .optional import require_matplotlib
 from .registry import get_method, registered_methods
+from .teacher_list import (
+    PER_TEACHER_FIELDS,
+    cache_dir_entry,
+    check_per_teacher_fields,
+    single_or_list,
+    teacher_count,
+)
 
 # The `teacher_cache_dtype` choices (`teacher_cache.store` stores each in an Arrow type).
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
@@ -24,14 +31,19 @@ class DWAKDConfig(SFTConfig):
     Configuration for [`DWAKDTrainer`]: every field of [`trl.SFTConfig`] plus the DWA-KD knobs below. Defaults are
     those of docs/method.md: the paper's (arXiv 2602.21669), or the released code's where the paper states none.
 
-    Teacher:
-        teacher_model_name_or_path (`str`, *optional*): Hub id or path of the teacher, when `teacher_model` is not
-            passed to the trainer.
+    Teacher (several teachers: docs/method.md, Several teachers):
+        teacher_model_name_or_path (`str` or `list[str]`, *optional*): Hub id or path of the teacher, when
+            `teacher_model` is not passed to the trainer; a list names several teachers, distilled at once.
         teacher_model_init_kwargs (`dict` or JSON `str`, *optional*): keyword arguments for
-            `AutoModelForCausalLM.from_pretrained` when the teacher is loaded from a name.
-        teacher_tokenizer_name_or_path (`str`, *optional*): the teacher's tokenizer; defaults to the teacher's name.
-        teacher_cache_dir (`str`, *optional*): a teacher cache (`hf-dwakd cache-teacher`): train from the stored
-            teacher states with only the teacher's embedding and output layers loaded. Also where the build writes.
+            `AutoModelForCausalLM.from_pretrained` when a teacher is loaded from a name (shared by every teacher).
+        teacher_tokenizer_name_or_path (`str` or `list[str]`, *optional*): the teacher's tokenizer; defaults to the
+            teacher's name. With several teachers, one entry per teacher (None: that teacher's own).
+        teacher_weights (`list[float]`, *optional*): each teacher's share of the distillation terms, >= 0,
+            divided by their sum; equal when unset.
+        teacher_cache_dir (`str` or `list`, *optional*): a teacher cache (`hf-dwakd cache-teacher`): train from the
+            stored teacher states with only the teacher's embedding and output layers loaded. Also where the build
+            writes. With several teachers, one entry per teacher: a folder, or None (`none` on the command line)
+            for a teacher that runs live.
         teacher_cache_dtype (`str`, defaults to `"float32"`): dtype the build stores the states in, one of
             `float32`, `bfloat16`, `float16`.
 
@@ -89,19 +101,32 @@ class DWAKDConfig(SFTConfig):
         default=256,
         metadata={"help": "Maximum prompt tokens on each side; longer prompts are truncated (paper: 256)."},
     )
-    teacher_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local path of the teacher model."}
+    teacher_model_name_or_path: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local path of the teacher model; several for several teachers.", "nargs": "+"},
     )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments (a dict or JSON string) for loading the teacher from its name."},
     )
-    teacher_tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local path of the teacher's tokenizer (default: the teacher's)."}
-    )
-    teacher_cache_dir: str | None = field(
+    teacher_tokenizer_name_or_path: list[str] | str | None = field(
         default=None,
-        metadata={"help": "Teacher cache folder (hf-dwakd cache-teacher): train without running the teacher."},
+        metadata={
+            "help": "Hub id or local path of the teacher's tokenizer (default: the teacher's); one per teacher.",
+            "nargs": "+",
+        },
+    )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Each teacher's weight (>= 0), divided by their sum; equal when unset."},
+    )
+    teacher_cache_dir: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher cache folder (hf-dwakd cache-teacher): train without running the teacher. With several "
+            "teachers one entry each, `none` for a teacher that runs live.",
+            "nargs": "+",
+        },
     )
     teacher_cache_dtype: str = field(
         default="float32",
@@ -216,6 +241,7 @@ class DWAKDConfig(SFTConfig):
     def __post_init__(self):
         super().__post_init__()
         method = get_method(self.kd_method)
+        self._settle_teacher_lists(method)
         self._check_fields_belong_to(method)
         for name, value in (method.defaults(self) if method.defaults is not None else {}).items():
             if getattr(self, name) is None:
@@ -259,6 +285,42 @@ class DWAKDConfig(SFTConfig):
                 "`packing` and `padding_free` are not supported by DWAKDTrainer: each example is aligned across two "
                 "tokenizers. Set `packing=False` and `padding_free=False`; the models' forwards already skip "
                 "padding (`unpadded_forward`, on by default)."
+            )
+
+    def _settle_teacher_lists(self, method):
+        """Lists of several teachers must agree in length and the method must support several teachers
+        (docs/method.md, Several teachers); then a list of one entry is that entry: the single teacher."""
+        if isinstance(self.teacher_cache_dir, (list, tuple)):
+            self.teacher_cache_dir = [cache_dir_entry(entry) for entry in self.teacher_cache_dir]
+        if self.teacher_weights is not None and not isinstance(self.teacher_weights, (list, tuple)):
+            self.teacher_weights = [self.teacher_weights]
+        count = teacher_count(self.teacher_model_name_or_path)
+        if count:
+            self.check_teachers(count, "`teacher_model_name_or_path`")
+        else:  # the teachers come with the trainer: the lists must at least agree with each other
+            lengths = {name: teacher_count(getattr(self, name)) for name in PER_TEACHER_FIELDS}
+            if len(set(lengths.values()) - {0}) > 1:
+                given = ", ".join(f"`{name}` {length}" for name, length in lengths.items() if length)
+                raise ValueError(f"The per-teacher lists differ in length ({given}): give one entry per teacher.")
+            if max(lengths.values()):
+                self.check_teachers(max(lengths.values()), "the per-teacher lists")
+        for name in ("teacher_model_name_or_path", "teacher_tokenizer_name_or_path", "teacher_cache_dir"):
+            setattr(self, name, single_or_list(getattr(self, name)))
+
+    def check_teachers(self, count: int, source: str) -> None:
+        """Refuse, naming the field, per-teacher settings that do not fit `count` teachers (named by `source`)."""
+        check_per_teacher_fields(self, count, source)
+        method = get_method(self.kd_method)
+        if count > 1 and method.needs_teacher and not method.several_teachers:
+            several = [name for name, other in registered_methods().items() if other.several_teachers]
+            raise ValueError(
+                f"{source} names {count} teachers, but kd_method={self.kd_method!r} distils from one teacher only: "
+                f"give one teacher, or choose a kd_method that supports several ({', '.join(several)})."
+            )
+        if count > 1 and self.alignment_plot_steps:
+            raise ValueError(
+                f"`alignment_plot_steps` draws one teacher's alignment, but {source} names {count} teachers: set it "
+                "to 0 and draw each teacher with `hf-dwakd inspect`."
             )
 
     def loss_options(self, step: int = 0) -> DWAKDLossOptions:

@@ -19,6 +19,7 @@ SCORES_BEGIN = "<!-- hf-dwakd scores: rows replaced by each `hf-dwakd evaluate -
 SCORES_END = "<!-- end of hf-dwakd scores -->"
 TABLE_HEADER = "| Benchmark | ROUGE-L | Seeds | Examples |\n|---|---|---|---|"
 TEACHER_HEADING = "## Teacher"
+TEACHERS_HEADING = "## Teachers"  # several teachers at once
 # New sections go before this heading of TRL's template when the card has it, else at the end.
 SECTIONS_BEFORE = "## Training procedure"
 
@@ -88,15 +89,20 @@ def read_card(folder) -> ModelCard | None:
     return ModelCard.load(path) if path.is_file() else None
 
 
-def complete_trainer_card(folder, earlier: ModelCard | None, teacher: str | None, method: str) -> None:
+def complete_trainer_card(
+    folder, earlier: ModelCard | None, teacher: str | list[tuple[str, float]] | None, method: str
+) -> None:
     """Add to the card the trainer just wrote in `folder` the teacher (None: no teacher; "": a teacher built in
-    memory, without a name) and the scores of the `earlier` card."""
+    memory, without a name; several teachers: `(name, weight)` pairs) and the scores of the `earlier` card."""
     path = Path(folder) / CARD_NAME
     card = ModelCard.load(path)
     text = card.text
-    if teacher is not None:
-        named = f"the teacher model `{teacher}`" if teacher else "a teacher model built in memory (it has no name)"
-        text = _with_section(text, f"{TEACHER_HEADING}\n\nDistilled from {named} with `{method}`.")
+    if isinstance(teacher, list):
+        listed = "\n".join(f"- {_teacher_phrase(name)} (weight {weight:.3g})" for name, weight in teacher)
+        section = f"{TEACHERS_HEADING}\n\nDistilled from {len(teacher)} teachers at once with `{method}`:\n\n{listed}"
+        text = _with_section(text, section)
+    elif teacher is not None:
+        text = _with_section(text, f"{TEACHER_HEADING}\n\nDistilled from {_teacher_phrase(teacher)} with `{method}`.")
     if earlier is not None and earlier.data.eval_results:
         card.data.eval_results = earlier.data.eval_results
         card.data.model_name = card.data.model_name or earlier.data.model_name
@@ -105,6 +111,10 @@ def complete_trainer_card(folder, earlier: ModelCard | None, teacher: str | None
         text = _with_section(text, scores)
     card.text = text
     card.save(path)
+
+
+def _teacher_phrase(name: str) -> str:
+    return f"the teacher model `{name}`" if name else "a teacher model built in memory (it has no name)"
 
 
 def _with_section(text: str, section: str) -> str:

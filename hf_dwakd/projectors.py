@@ -2,6 +2,13 @@
 
 from torch import nn
 
+PROJECTORS_NAME = "projectors.safetensors"  # beside a student trained with one teacher
+
+
+def projectors_file_name(teacher_name: str) -> str:
+    """The file of one teacher's projectors beside a student trained with several teachers."""
+    return f"projectors-{teacher_name}.safetensors"
+
 
 class DWAKDProjectors(nn.Module):
     """`query` (2d_s -> 2d_t), `t2s` (d_t -> d_s), `s2t` (d_s -> d_t), `embed_t2s` (d_t -> d_s).

@@ -48,6 +48,9 @@ class DistillationMethod:
         from the others when the config is built (dskd: `ce_weight = 1 - kd_weight`).
     check: `check(args)`, run when the config is built, after the defaults: raises `ValueError` naming the field
         for settings the method refuses.
+    several_teachers: whether the method distils from several teachers at once: its loss is then computed with
+        each teacher (its own projectors and aligner) and the results weighted by `teacher_weights`
+        (docs/method.md, Several teachers). Off by default: the config refuses several teachers for such a method.
     """
 
     name: str
@@ -60,6 +63,7 @@ class DistillationMethod:
     token_sum_metrics: frozenset[str] = field(default_factory=frozenset)
     defaults: Callable[[Any], dict[str, Any]] | None = None
     check: Callable[[Any], None] | None = None
+    several_teachers: bool = False
 
     def __post_init__(self):
         if not (self.name.isidentifier() and self.name.islower()):

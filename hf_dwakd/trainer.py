@@ -13,6 +13,7 @@ import warnings
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from trl import SFTTrainer
@@ -23,10 +24,10 @@ from .data import DistillationCollator, check_dataset_columns, prepare_distillat
 from .fsdp2 import gathered_roots, load_full_state, shard_teacher
 from .inspection import AlignmentPlotCallback
 from .loading import ensure_pad_token, load_teacher, load_tokenizer, teacher_init_kwargs
-from .methods import distillation_loss
+from .methods import TeacherOutputs, distillation_loss, metric_name, several_teachers_loss
 from .model_card import complete_trainer_card, read_card
 from .model_side import ModelSide, whole_weight
-from .projectors import DWAKDProjectors
+from .projectors import PROJECTORS_NAME, DWAKDProjectors, projectors_file_name
 from .registry import get_method
 from .teacher_cache import CachedTeacherSide, LightTeacher, load_light_teacher
 from .teacher_cache.store import (
@@ -37,18 +38,13 @@ from .teacher_cache.store import (
     split_names,
     weights_identity,
 )
+from .teacher_list import normalised_weights, per_teacher, single_or_list, teacher_names, teacher_prefix
+from .teacher_role import TeacherRole
 
-PROJECTORS_NAME = "projectors.safetensors"
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
-DISTILLATION_COLUMNS = [
-    "input_ids",
-    "attention_mask",
-    "labels",
-    "teacher_input_ids",
-    "teacher_attention_mask",
-    "teacher_labels",
-    "teacher_hidden",  # only in datasets joined with a teacher cache
-]
+STUDENT_COLUMNS = ["input_ids", "attention_mask", "labels"]
+# Each teacher's, after its column prefix; `hidden` only in datasets joined with a teacher cache.
+TEACHER_COLUMNS = ["input_ids", "attention_mask", "labels", "hidden"]
 
 
 class DWAKDTrainer(SFTTrainer):
@@ -108,7 +104,8 @@ class DWAKDTrainer(SFTTrainer):
             raise ValueError("`train_dataset` is required.")
 
         # Everything cheap is checked before any model or tokenizer is loaded.
-        teacher_model = _resolve_teacher_argument(teacher_model, args)
+        teacher_models = _resolve_teacher_argument(teacher_model, args)
+        count = len(teacher_models)
         eval_datasets = list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
         for dataset in [train_dataset, *eval_datasets]:
             if dataset is not None:
@@ -118,25 +115,36 @@ class DWAKDTrainer(SFTTrainer):
                 "You passed a `PeftModel` together with a `peft_config`: pass the base model with the `peft_config`, "
                 "or the `PeftModel` without one."
             )
+        if count > 1 and not isinstance(teacher_processing_class, (list, tuple, type(None))):
+            raise ValueError(
+                f"`teacher_processing_class` is one tokenizer for {count} teachers: pass a list of one tokenizer "
+                "per teacher (None entries load the teacher's own)."
+            )
 
         student_tokenizer = processing_class or load_tokenizer(
             _name_of(model), role="student", fix="pass `processing_class`", trust_remote_code=args.trust_remote_code
         )
-        if not args.needs_teacher:
-            teacher_tokenizer = student_tokenizer
-        else:
-            teacher_tokenizer = teacher_processing_class or load_tokenizer(
-                args.teacher_tokenizer_name_or_path or _name_of(teacher_model),
+        tokenizer_names = per_teacher(args.teacher_tokenizer_name_or_path, count)
+        teacher_tokenizers = [
+            given
+            or load_tokenizer(
+                tokenizer_name or _name_of(teacher),
                 role="teacher",
                 fix="pass `teacher_processing_class` or `teacher_tokenizer_name_or_path`",
                 trust_remote_code=args.trust_remote_code,
             )
-        for role, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
+            for given, tokenizer_name, teacher in zip(
+                per_teacher(teacher_processing_class, count), tokenizer_names, teacher_models
+            )
+        ]
+        if not teacher_tokenizers:  # no teacher: the teacher columns repeat the student's
+            teacher_tokenizers = [student_tokenizer]
+        for role, tokenizer in (("student", student_tokenizer), *(("teacher", t) for t in teacher_tokenizers)):
             ensure_pad_token(tokenizer, role)
 
         prepare = dict(
             student_tokenizer=student_tokenizer,
-            teacher_tokenizer=teacher_tokenizer,
+            teacher_tokenizer=teacher_tokenizers if count > 1 else teacher_tokenizers[0],
             max_length=args.max_length,
             max_prompt_length=args.max_prompt_length,
             num_proc=args.dataset_num_proc,
@@ -146,25 +154,35 @@ class DWAKDTrainer(SFTTrainer):
             eval_dataset = {key: prepare_distillation_dataset(ds, **prepare) for key, ds in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = prepare_distillation_dataset(eval_dataset, **prepare)
-        cached = args.teacher_cache_dir is not None and teacher_model is not None
-        if cached:  # refused here, before any model is loaded, when the cache belongs to another run
-            train_dataset, eval_dataset = _with_cached_states(
-                args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset
-            )
+        cache_dirs = per_teacher(args.teacher_cache_dir, count) if count else []
+        for index, cache_dir in enumerate(cache_dirs):
+            if cache_dir is not None:  # refused here, before any model is loaded, when it belongs to another run
+                train_dataset, eval_dataset = _with_cached_states(
+                    args,
+                    teacher_models[index],
+                    teacher_tokenizers[index],
+                    train_dataset,
+                    eval_dataset,
+                    cache_dir,
+                    teacher_prefix(index),
+                )
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if data_collator is None:
+            pad_ids = [tokenizer.pad_token_id for tokenizer in teacher_tokenizers]
             data_collator = DistillationCollator(
-                student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id, args.pad_to_multiple_of
+                student_tokenizer.pad_token_id, pad_ids if count > 1 else pad_ids[0], args.pad_to_multiple_of
             )
 
-        if cached:
-            teacher_model = (
-                load_light_teacher(teacher_model, **teacher_init_kwargs(args))
-                if isinstance(teacher_model, str)
-                else LightTeacher.from_model(teacher_model)
-            )
-        elif isinstance(teacher_model, str):
-            teacher_model = load_teacher(teacher_model, args)
+        names = teacher_names([_name_of(teacher) for teacher in teacher_models])
+        for index, (teacher, cache_dir) in enumerate(zip(teacher_models, cache_dirs)):
+            if cache_dir is not None:
+                teacher_models[index] = (
+                    load_light_teacher(teacher, **teacher_init_kwargs(args))
+                    if isinstance(teacher, str)
+                    else LightTeacher.from_model(teacher)
+                )
+            elif isinstance(teacher, str):
+                teacher_models[index] = load_teacher(teacher, args)
 
         super().__init__(
             model,
@@ -179,22 +197,11 @@ class DWAKDTrainer(SFTTrainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             peft_config=peft_config,
         )
-        self.teacher_processing_class = teacher_tokenizer
         self.student_vocab_size = len(student_tokenizer)
-        self.teacher_vocab_size = len(teacher_tokenizer)
         # Our loss is already normalised by the accumulated token count; make Trainer count them and not rescale.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
 
-        self.teacher_model = None
-        self.cached_teacher = None  # a `LightTeacher` when the teacher's states come from a cache
-        if teacher_model is not None:
-            teacher_model.requires_grad_(False)
-            teacher_model.eval()
-            if cached:  # two layers, replicated on every process under any strategy
-                self.cached_teacher = teacher_model.to(self.accelerator.device)
-            else:
-                self.teacher_model = self._prepare_teacher(teacher_model)
         # Each role turns a batch into its `SideOutputs`; each settles its forward on its first batch.
         side_options = dict(
             unwrap=self.accelerator.unwrap_model,
@@ -204,21 +211,22 @@ class DWAKDTrainer(SFTTrainer):
             output_layer_hooks=not self.accelerator.is_fsdp2,
         )
         self.student_side = ModelSide("student", self.student_vocab_size, **side_options)
-        self.teacher_side = None
-        if self.cached_teacher is not None:
-            self.teacher_side = CachedTeacherSide(
-                self.cached_teacher, self.teacher_vocab_size, autocast=self.accelerator.autocast
-            )
-        elif self.teacher_model is not None:
-            self.teacher_side = ModelSide(
-                "teacher", self.teacher_vocab_size, prefix="teacher_", model=self.teacher_model, **side_options
-            )
-        if args.needs_projectors:
-            self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
         self.distillation_method = get_method(args.kd_method)
-        self.aligner = None
-        if self.distillation_method.build_aligner is not None:
-            self.aligner = self.distillation_method.build_aligner(args, student_tokenizer, teacher_tokenizer)
+        weights = normalised_weights(args.teacher_weights, count) if count else []
+        self.teachers = [
+            self._teacher_role(*entry, side_options)
+            for entry in zip(range(count), names, weights, teacher_models, teacher_tokenizers, cache_dirs)
+        ]
+        if args.needs_projectors:
+            self._attach_projectors(self.teachers)
+        # The single teacher's attributes (the first teacher's with several).
+        first = self.teachers[0] if self.teachers else None
+        self.teacher_processing_class = first.tokenizer if first else student_tokenizer
+        self.teacher_vocab_size = len(self.teacher_processing_class)
+        self.teacher_model = first.model if first else None
+        self.cached_teacher = first.cached if first else None  # a `LightTeacher` when its states come from a cache
+        self.teacher_side = first.side if first else None
+        self.aligner = first.aligner if first else None
         if args.alignment_plot_steps:
             self.add_callback(AlignmentPlotCallback(self))
 
@@ -234,8 +242,29 @@ class DWAKDTrainer(SFTTrainer):
             return prepare_fsdp(teacher_model, self.accelerator)
         return self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
-    def _attach_projectors(self, teacher_hidden_size):
-        """Register the projectors in the student, in the dtype of the student's own trainable weights.
+    def _teacher_role(self, index, name, weight, teacher_model, tokenizer, cache_dir, side_options) -> TeacherRole:
+        """Teacher `index` of the run: frozen, placed (a cached teacher's two layers replicated on every process
+        under any strategy, a live one like the student), with the side that reads its columns of a batch."""
+        teacher_model.requires_grad_(False)
+        teacher_model.eval()
+        prefix = teacher_prefix(index)
+        role = TeacherRole(name=name, weight=weight, prefix=prefix, tokenizer=tokenizer, cache_dir=cache_dir)
+        if cache_dir is not None:
+            role.cached = teacher_model.to(self.accelerator.device)
+            role.side = CachedTeacherSide(
+                role.cached, len(tokenizer), autocast=self.accelerator.autocast, prefix=prefix
+            )
+        else:
+            role.model = self._prepare_teacher(teacher_model)
+            role.side = ModelSide("teacher", len(tokenizer), prefix=prefix, model=role.model, **side_options)
+        role.hidden_size = teacher_model.config.get_text_config().hidden_size
+        if self.distillation_method.build_aligner is not None:
+            role.aligner = self.distillation_method.build_aligner(self.args, self.processing_class, tokenizer)
+        return role
+
+    def _attach_projectors(self, teachers):
+        """Register the projectors in the student, in the dtype of the student's own trainable weights: one
+        `DWAKDProjectors`, or with several teachers a `ModuleDict` of them by teacher name.
 
         Under LoRA those are PEFT's float32 adapters over a (possibly bf16) frozen base: projectors in the base's
         dtype would get pure-bf16 AdamW updates, lost once they fall below half a bf16 ulp. Where TRL keeps the
@@ -246,19 +275,32 @@ class DWAKDTrainer(SFTTrainer):
         student_hidden_size = self.model.config.get_text_config().hidden_size
         trainable = [p for p in self.model.parameters() if p.requires_grad and p.is_floating_point()]
         reference = trainable[0] if trainable else next(self.model.parameters())
-        projectors = DWAKDProjectors(
-            student_hidden_size, teacher_hidden_size, embedding_projector=self.args.needs_embedding_projector
-        )
+        embedding_projector = self.args.needs_embedding_projector
+        projectors = [
+            DWAKDProjectors(student_hidden_size, teacher.hidden_size, embedding_projector=embedding_projector)
+            for teacher in teachers
+        ]
+        if len(projectors) > 1:
+            projectors = nn.ModuleDict(zip([teacher.name for teacher in teachers], projectors))
+        else:
+            projectors = projectors[0]
         projectors.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
         self.model.add_module(PROJECTORS_ATTRIBUTE, projectors)
 
     @property
-    def projectors(self) -> DWAKDProjectors | None:
+    def projectors(self) -> DWAKDProjectors | nn.ModuleDict | None:
+        """The projectors: one `DWAKDProjectors`, or with several teachers a `ModuleDict` of them by teacher name."""
         return getattr(self.accelerator.unwrap_model(self.model), PROJECTORS_ATTRIBUTE, None)
+
+    def projectors_of(self, teacher: TeacherRole) -> DWAKDProjectors | None:
+        projectors = self.projectors
+        return projectors[teacher.name] if isinstance(projectors, nn.ModuleDict) else projectors
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = list(DISTILLATION_COLUMNS)
+            prefixes = [teacher.prefix for teacher in self.teachers] or [teacher_prefix(0)]
+            teacher_columns = [prefix + column for prefix in prefixes for column in TEACHER_COLUMNS]
+            self._signature_columns = [*STUDENT_COLUMNS, *teacher_columns]
 
     def create_optimizer(self, model=None):
         """TRL/Trainer's optimizer, with the projectors moved into their own group at `projector_learning_rate`."""
@@ -282,29 +324,40 @@ class DWAKDTrainer(SFTTrainer):
     # ---- loss --------------------------------------------------------------------------------------------------
 
     def training_step(self, model, *args, **kwargs):
-        with gathered_roots(model, self.teacher_model):  # the losses read root parameters after the forwards
+        with gathered_roots(model, *self._live_teachers()):  # the losses read root parameters after the forwards
             return super().training_step(model, *args, **kwargs)
 
     def prediction_step(self, model, *args, **kwargs):
-        with gathered_roots(model, self.teacher_model):
+        with gathered_roots(model, *self._live_teachers()):
             return super().prediction_step(model, *args, **kwargs)
+
+    def _live_teachers(self):
+        return [teacher.model for teacher in self.teachers if teacher.model is not None]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Evaluation with `compute_metrics` asks for the outputs: then the student's logits are computed everywhere.
         student, student_logits = self.student_side(inputs, model, full_logits=return_outputs)
-        teacher = None
-        if self.teacher_side is not None:
+        outputs = []
+        for teacher in self.teachers:
             with torch.no_grad():
-                teacher, _ = self.teacher_side(inputs)
-        loss, metrics = distillation_loss(
-            self.args,
-            student,
-            teacher,
-            num_items_in_batch,
-            projectors=self.projectors,
-            aligner=self.aligner,
-            step=self.state.global_step,
-        )
+                side, _ = teacher.side(inputs)
+            projectors = self.projectors_of(teacher)
+            outputs.append(TeacherOutputs(teacher.name, teacher.weight, side, projectors, teacher.aligner))
+        step = self.state.global_step
+        if len(outputs) > 1:
+            loss, metrics = several_teachers_loss(self.args, student, outputs, num_items_in_batch, step=step)
+        else:
+            teacher = outputs[0] if outputs else TeacherOutputs("", 1.0, None, None, None)
+            loss, metrics = distillation_loss(
+                self.args,
+                student,
+                teacher.outputs,
+                num_items_in_batch,
+                projectors=teacher.projectors,
+                aligner=teacher.aligner,
+                step=step,
+            )
+
         loss = self._scaled_and_recorded(loss, metrics, num_items_in_batch)
         if not return_outputs:
             return loss
@@ -319,7 +372,7 @@ class DWAKDTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             scale = self.accelerator.num_processes
         self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
-        if "dtw_hidden" in metrics or "dtw_embed" in metrics:
+        if any(metric_name(key) in ("dtw_hidden", "dtw_embed") for key in metrics):
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
         if self.args.kd_warmup_steps > 0:
             self._metrics[mode]["kd_student_scale"].append(self.args.kd_warmup_scale_at(self.state.global_step))
@@ -346,7 +399,7 @@ class DWAKDTrainer(SFTTrainer):
         scales = []
         for key in metrics:
             scale = 1
-            if key in self.distillation_method.token_sum_metrics and token_sum_scale is not None:
+            if metric_name(key) in self.distillation_method.token_sum_metrics and token_sum_scale is not None:
                 scale = token_sum_scale * (self.current_gradient_accumulation_steps if mode == "train" else 1)
             scales.append(scale)
         values = torch.stack([value.detach().float().reshape(()) for value in metrics.values()])
@@ -359,7 +412,8 @@ class DWAKDTrainer(SFTTrainer):
     # ---- saving and loading ------------------------------------------------------------------------------------
 
     def _save(self, output_dir=None, state_dict=None):
-        """Save the student (or adapter) and tokenizer as `SFTTrainer` does, and the projectors beside them."""
+        """Save the student (or adapter) and tokenizer as `SFTTrainer` does, and the projectors beside them: in
+        `projectors.safetensors`, or with several teachers one `projectors-<teacher name>.safetensors` each."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if state_dict is None:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
@@ -367,9 +421,18 @@ class DWAKDTrainer(SFTTrainer):
         projector_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         student_state = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
         super()._save(output_dir, state_dict=student_state)
-        if self.args.should_save and projector_state:
-            projector_state = {k: v.detach().cpu().contiguous() for k, v in projector_state.items()}
-            save_file(projector_state, os.path.join(output_dir, PROJECTORS_NAME), metadata={"format": "pt"})
+        if not (self.args.should_save and projector_state):
+            return
+        projector_state = {k: v.detach().cpu().contiguous() for k, v in projector_state.items()}
+        for file_name, key_prefix in self._projector_files():
+            state = {k[len(key_prefix) :]: v for k, v in projector_state.items() if k.startswith(key_prefix)}
+            save_file(state, os.path.join(output_dir, file_name), metadata={"format": "pt"})
+
+    def _projector_files(self) -> list[tuple[str, str]]:
+        """`(file name, key prefix in the projectors' state dict)` of each projector file."""
+        if not isinstance(self.projectors, nn.ModuleDict):
+            return [(PROJECTORS_NAME, "")]
+        return [(projectors_file_name(teacher.name), f"{teacher.name}.") for teacher in self.teachers]
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -386,38 +449,44 @@ class DWAKDTrainer(SFTTrainer):
         self._load_projectors(self.state.best_model_checkpoint)
 
     def _load_projectors(self, checkpoint_dir):
-        path = os.path.join(checkpoint_dir, PROJECTORS_NAME)
         if self.projectors is None:
             return
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} is missing: this checkpoint holds no projectors, so resuming would restart them from random. "
-                "Resume from a checkpoint written by DWAKDTrainer."
-            )
-        load_full_state(self.projectors, load_file(path, device=str(next(self.projectors.parameters()).device)))
+        device = str(next(self.projectors.parameters()).device)
+        state = {}
+        for file_name, key_prefix in self._projector_files():
+            path = os.path.join(checkpoint_dir, file_name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"{path} is missing: this checkpoint holds no such projectors, so resuming would restart them "
+                    "from random. Resume from a checkpoint written by DWAKDTrainer with the same teachers."
+                )
+            state |= {key_prefix + key: value for key, value in load_file(path, device=device).items()}
+        load_full_state(self.projectors, state)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's card, naming the teacher, with the scores an earlier `hf-dwakd evaluate --update_model_card` wrote
         into this folder's card (TRL writes a new card over it)."""
         earlier = read_card(self.args.output_dir) if self.is_world_process_zero() else None
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if self.is_world_process_zero():
-            complete_trainer_card(self.args.output_dir, earlier, self._teacher_name(), self.args.kd_method)
+        if not self.is_world_process_zero():
+            return
+        teachers = [(self._teacher_name(teacher), teacher.weight) for teacher in self.teachers]
+        if len(teachers) < 2:  # one teacher: its name; none: None
+            teachers = teachers[0][0] if teachers else None
+        complete_trainer_card(self.args.output_dir, earlier, teachers, self.args.kd_method)
 
-    def _teacher_name(self):
-        if self.cached_teacher is not None:  # the name the cache was built from
-            return read_metadata(self.args.teacher_cache_dir)["teacher_name_or_path"]
-        if self.teacher_model is not None:
-            return self.accelerator.unwrap_model(self.teacher_model).config._name_or_path
-        return None
+    def _teacher_name(self, teacher: TeacherRole) -> str:
+        if teacher.cached is not None:  # the name the cache was built from
+            return read_metadata(teacher.cache_dir)["teacher_name_or_path"]
+        return self.accelerator.unwrap_model(teacher.model).config._name_or_path
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
 
 
-
-def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset):
-    """The prepared datasets joined with the teacher cache's states, after checking the cache fits this run."""
+def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset, cache_dir, prefix):
+    """The prepared datasets joined with a teacher cache's states (the teacher's columns start with `prefix`),
+    after checking the cache fits this run."""
     revision = (args.teacher_model_init_kwargs or {}).get("revision")
     if isinstance(teacher_model, str):
         name = teacher_model
@@ -426,9 +495,11 @@ def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, e
         name, config = teacher_model.config._name_or_path, teacher_model.config
     splits = {"train": train_dataset, **split_names(eval_dataset)}
     weights = weights_identity(teacher_model, revision)
-    run = describe_run(name, config, weights, teacher_tokenizer, args.max_length, args.max_prompt_length, splits)
-    check_cache_matches(args.teacher_cache_dir, run)
-    joined = {split: join_cached_states(data, args.teacher_cache_dir, split) for split, data in splits.items()}
+    run = describe_run(
+        name, config, weights, teacher_tokenizer, args.max_length, args.max_prompt_length, splits, prefix
+    )
+    check_cache_matches(cache_dir, run)
+    joined = {split: join_cached_states(data, cache_dir, split, prefix) for split, data in splits.items()}
     if isinstance(eval_dataset, dict):
         eval_dataset = {key: joined[f"eval_{key}"] for key in eval_dataset}
     elif eval_dataset is not None:
@@ -436,12 +507,17 @@ def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, e
     return joined["train"], eval_dataset
 
 
-def _resolve_teacher_argument(teacher_model, args):
+def _resolve_teacher_argument(teacher_model, args) -> list:
+    """The teachers to load: models or names, one per teacher (none for a method without a teacher); the
+    per-teacher fields are checked against their number."""
     if not args.needs_teacher:
         if teacher_model is not None or args.teacher_model_name_or_path is not None:
             warnings.warn(f"kd_method={args.kd_method!r} uses no teacher; the teacher given is not loaded.")
-        return None
-    if teacher_model is not None and not isinstance(teacher_model, str) and args.teacher_model_init_kwargs:
+        return []
+    source = "`teacher_model`" if teacher_model is not None else "`teacher_model_name_or_path`"
+    teacher_model = single_or_list(teacher_model)
+    built = [teacher for teacher in per_teacher(teacher_model, 1) if not isinstance(teacher, (str, type(None)))]
+    if built and args.teacher_model_init_kwargs:
         raise ValueError(
             "`teacher_model_init_kwargs` only applies when the teacher is loaded from a name, but `teacher_model` is "
             "already built: drop `teacher_model_init_kwargs` or pass the teacher's name."
@@ -452,7 +528,9 @@ def _resolve_teacher_argument(teacher_model, args):
             f"kd_method={args.kd_method!r} needs a teacher: pass `teacher_model=` to DWAKDTrainer or set "
             "`teacher_model_name_or_path` in DWAKDConfig."
         )
-    return teacher_model
+    teachers = per_teacher(teacher_model, 1)
+    args.check_teachers(len(teachers), source)
+    return teachers
 
 
 def _name_of(model):

@@ -35,11 +35,16 @@ TIMEOUT_S = 240
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+TERMS = ["kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed"]
+
+
 def write_inputs(folder):
-    """Tiny student and teacher folders (weights + tokenizer) and a DSKD-format training file."""
+    """Tiny student and teacher folders (weights + tokenizer) and a DSKD-format training file; a second teacher
+    (`teacher2`, the SmolLM2 tokenizer) for the run with two teachers."""
     for role, tokenizer_name, family, hidden_size, seed in (
         ("student", "gpt2", "gpt2", 16, 1),
         ("teacher", "llama2", "llama", 24, 2),
+        ("teacher2", "smollm2", "gpt2", 20, 3),
     ):
         tokenizer = load_tokenizer(tokenizer_name)
         model = tiny_causal_lm(tokenizer, family=family, hidden_size=hidden_size, seed=seed)
@@ -79,7 +84,8 @@ def train_arguments(folder, output_dir, **overrides):
         unpadded_forward="false",
     )
     flags.update(overrides)
-    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+    values = {key: value if isinstance(value, list) else [value] for key, value in flags.items()}
+    return [item for key, value in values.items() for item in (f"--{key}", *map(str, value))]
 
 
 def run(command, output_dir):
@@ -91,20 +97,28 @@ def run(command, output_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path):
+@pytest.mark.parametrize("teachers", [["teacher"], ["teacher", "teacher2"]], ids=["one_teacher", "two_teachers"])
+def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path, teachers):
     write_inputs(tmp_path)
     script = str(Path(__file__).resolve())
     two = tmp_path / "two_processes"
     one = tmp_path / "one_process"
+    overrides = dict(teacher_model_name_or_path=[tmp_path / name for name in teachers])
+    if len(teachers) > 1:
+        overrides["teacher_weights"] = [3, 1]
+    components = COMPONENTS
+    if len(teachers) > 1:  # every teacher's terms, under its name
+        components = ["loss", "ce", "grad_norm", *(f"{name}/{term}" for name in teachers for term in TERMS)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two_history = run([*torchrun, script, *train_arguments(tmp_path, two, ddp_backend="gloo")], two)
-    one_history = run([sys.executable, script, *train_arguments(tmp_path, one, gradient_accumulation_steps=2)], one)
+    two_history = run([*torchrun, script, *train_arguments(tmp_path, two, ddp_backend="gloo", **overrides)], two)
+    one_arguments = train_arguments(tmp_path, one, gradient_accumulation_steps=2, **overrides)
+    one_history = run([sys.executable, script, *one_arguments], one)
 
     assert two_history[0]["world_size"] == 2 and one_history[0]["world_size"] == 1
     two_logs = [entry for entry in two_history if "loss" in entry]
     one_logs = [entry for entry in one_history if "loss" in entry]
     assert len(two_logs) == len(one_logs) == 2
-    for key in COMPONENTS:
+    for key in components:
         assert [e[key] for e in two_logs] == pytest.approx([e[key] for e in one_logs], rel=1e-5, abs=1e-7), key
 
     rank0, rank1 = (load_file(two / f"projectors_rank{rank}.safetensors") for rank in (0, 1))

@@ -115,6 +115,7 @@ register_method(
         fields=("kd_divergence", "kd_teacher_divergence", "kd_skew", "projector_learning_rate"),
         token_sum_metrics=("kd_student", "kd_teacher", "ce_t2s"),
         needs_projectors=True,
+        several_teachers=True,
         defaults=lambda args: {"ce_weight": 1 - args.kd_weight},
         check=_check_weights_sum_to_one,
     )

@@ -190,5 +190,6 @@ register_method(
         _kd_of_config,
         fields=("ot_top_k", "ot_log_weight", "ot_sinkhorn_weight", "ot_sinkhorn_epsilon", "ot_sinkhorn_iterations"),
         token_sum_metrics=("multilevel_ot_absolute", "multilevel_ot_logarithmic", "multilevel_ot_sequence"),
+        several_teachers=True,
     )
 )

@@ -105,4 +105,4 @@ def _kd_of_config(args, student, teacher, num_items_in_batch, context):
     )
 
 
-register_method(baseline_method("uld", _kd_of_config, fields=("uld_top_k",)))
+register_method(baseline_method("uld", _kd_of_config, fields=("uld_top_k",), several_teachers=True))

@@ -4,20 +4,30 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..objective.outputs import IGNORE_INDEX
+from ..teacher_list import teacher_prefix
 
-# A teacher cache's column (`teacher_cache.store`): each row's (response positions, d) teacher states.
+# A teacher cache's column (`teacher_cache.store`): each row's (response positions, d) teacher states; the second
+# teacher's is `teacher_2_hidden`, ... (its column prefix + "hidden").
 TEACHER_HIDDEN_COLUMN = "teacher_hidden"
+HIDDEN_SUFFIX = "hidden"
 
 
 class DistillationCollator:
-    """Right-pads each side to its longest row (rounded up to `pad_to_multiple_of`); labels pad with -100.
+    """Right-pads each side to its longest row (rounded up to `pad_to_multiple_of`), each side separately; labels
+    pad with -100. `teacher_pad_token_id` is one id, or a list of one id per teacher.
 
-    Rows read from a teacher cache also hold `teacher_hidden` arrays (n_i, d): they are stacked into one
-    (B, max n_i, d) tensor, zero-padded, in their stored dtype.
+    Rows read from a teacher cache also hold `teacher_hidden` arrays (n_i, d) (`teacher_2_hidden`, ... for the
+    other teachers): each is stacked into one (B, max n_i, d) tensor, zero-padded, in its stored dtype.
     """
 
     def __init__(self, student_pad_token_id, teacher_pad_token_id, pad_to_multiple_of=None):
-        for side, pad_id in (("student", student_pad_token_id), ("teacher", teacher_pad_token_id)):
+        teacher_pad_token_ids = teacher_pad_token_id
+        if not isinstance(teacher_pad_token_ids, (list, tuple)):
+            teacher_pad_token_ids = [teacher_pad_token_id]
+        self.pad_token_ids = {"": student_pad_token_id}
+        self.pad_token_ids |= {teacher_prefix(index): pad_id for index, pad_id in enumerate(teacher_pad_token_ids)}
+        for prefix, pad_id in self.pad_token_ids.items():
+            side = prefix.rstrip("_") or "student"
             if pad_id is None:
                 raise ValueError(
                     f"The {side} tokenizer has no pad token: set `{side}_tokenizer.pad_token = "
@@ -25,16 +35,16 @@ class DistillationCollator:
                 )
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of}.")
-        self.pad_token_ids = {"": student_pad_token_id, "teacher_": teacher_pad_token_id}
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, rows):
         batch = {}
         for prefix, pad_id in self.pad_token_ids.items():
             batch.update(self._pad_side(rows, prefix, pad_id))
-        if TEACHER_HIDDEN_COLUMN in rows[0]:
-            states = [torch.as_tensor(row[TEACHER_HIDDEN_COLUMN]) for row in rows]
-            batch[TEACHER_HIDDEN_COLUMN] = pad_sequence(states, batch_first=True)
+            column = prefix + HIDDEN_SUFFIX
+            if prefix and column in rows[0]:
+                states = [torch.as_tensor(row[column]) for row in rows]
+                batch[column] = pad_sequence(states, batch_first=True)
         return batch
 
     def _pad_side(self, rows, prefix, pad_id):

@@ -7,6 +7,7 @@ from functools import partial
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from ..teacher_list import teacher_prefix
 from .formats import (
     check_dataset_columns,
     is_conversational,
@@ -25,29 +26,29 @@ _DROP_DESCRIPTIONS = {
     TRUNCATED_AWAY: "whose response was entirely truncated away",
 }
 _DROP_COLUMN = "_drop_reason"
-_SIDES = ("", "teacher_")  # column prefixes: student, teacher
 
 
 def prepare_distillation_dataset(
     dataset: Dataset,
     student_tokenizer: PreTrainedTokenizerBase,
-    teacher_tokenizer: PreTrainedTokenizerBase,
+    teacher_tokenizer: PreTrainedTokenizerBase | list[PreTrainedTokenizerBase],
     max_length: int = 512,
     max_prompt_length: int = 256,
     num_proc: int | None = None,
 ) -> Dataset:
-    """Tokenize every row for both models; see `check_dataset_columns` for the formats read.
+    """Tokenize every row for the student and each teacher; see `check_dataset_columns` for the formats read.
 
     Returns a `datasets.Dataset` with list columns `input_ids`, `attention_mask`, `labels` (student) and
-    `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`. Labels are aligned with the input ids (the
-    model shifts them): the token id on response tokens and the final EOS, -100 on the prompt.
+    `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels`; a list of teacher tokenizers gives the second
+    teacher `teacher_2_input_ids`, ... (`teacher_list.teacher_prefix`), built by the same steps. Labels are aligned
+    with the input ids (the model shifts them): the token id on response tokens and the final EOS, -100 on the prompt.
 
     - Plain strings: both models read `prompt + completion`. Conversations: each model renders its own chat
       template. In DSKD files whose `output` is a list of references, training uses the first.
     - Response tokens are found from character offsets: a token is a response token iff it carries a completion
       character (see `tokens.tokenize_side`).
     - A prompt over `max_prompt_length` tokens keeps its start; then the response is cut to fit `max_length`.
-      Rows whose two sides read the same text are cut at the same characters (see `truncation`).
+      Sides that read the same text are cut at the same characters, all teachers' included (see `truncation`).
     - Rows with an empty completion, or with no response token left after truncation, are dropped and counted in
       one warning; a `ValueError` is raised when no row is left.
     """
@@ -60,13 +61,17 @@ def prepare_distillation_dataset(
             "so that some response fits."
         )
     conversational = is_conversational(data_format, dataset.features)
-    for side, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
+    teacher_tokenizers = teacher_tokenizer if isinstance(teacher_tokenizer, (list, tuple)) else [teacher_tokenizer]
+    sides = {"student": ("", student_tokenizer)}
+    for index, tokenizer in enumerate(teacher_tokenizers):
+        sides["teacher" if index == 0 else f"teacher {index + 1}"] = (teacher_prefix(index), tokenizer)
+    for side, (_, tokenizer) in sides.items():
         _check_tokenizer(tokenizer, side, conversational)
 
     encode = partial(
         _encode_row,
         data_format=data_format,
-        tokenizers=(student_tokenizer, teacher_tokenizer),
+        sides=sides,
         max_length=max_length,
         max_prompt_length=max_prompt_length,
     )
@@ -75,7 +80,7 @@ def prepare_distillation_dataset(
         with_indices=True,
         remove_columns=dataset.column_names,
         num_proc=num_proc,
-        desc="Tokenizing for student and teacher",
+        desc=f"Tokenizing for the student and {len(teacher_tokenizers)} teacher(s)",
     )
     dropped = Counter(reason for reason in encoded[_DROP_COLUMN] if reason)
     if dropped:
@@ -109,27 +114,28 @@ def _check_tokenizer(tokenizer, side, conversational):
         )
 
 
-def _encode_row(row, index, data_format, tokenizers, max_length, max_prompt_length):
+def _encode_row(row, index, data_format, sides, max_length, max_prompt_length):
+    """`sides`: `{side name: (column prefix, tokenizer)}`, the student first."""
     prompt, completion = split_row(row, data_format, index)
+    prefixes = [prefix for prefix, _ in sides.values()]
     if is_empty(completion):
-        return _dropped(EMPTY_COMPLETION)
+        return _dropped(EMPTY_COMPLETION, prefixes)
     if isinstance(prompt, str):
         example = render_strings(prompt, completion)
-        sides = [tokenize_side(tokenizer, example) for tokenizer in tokenizers]
-        window = choose_window(sides, max_length, max_prompt_length)
-        windows = [window, window]
+        tokens = [tokenize_side(tokenizer, example) for _, tokenizer in sides.values()]
+        windows = [choose_window(tokens, max_length, max_prompt_length)] * len(tokens)
     else:
         # Each side renders its own template, so each is cut on its own.
-        sides = [
+        tokens = [
             tokenize_side(tokenizer, render_conversation(prompt, completion, tokenizer, side, index))
-            for tokenizer, side in zip(tokenizers, ("student", "teacher"))
+            for side, (_, tokenizer) in sides.items()
         ]
-        windows = [choose_window([side], max_length, max_prompt_length) for side in sides]
+        windows = [choose_window([side], max_length, max_prompt_length) for side in tokens]
     if None in windows:
-        return _dropped(TRUNCATED_AWAY)
+        return _dropped(TRUNCATED_AWAY, prefixes)
 
     columns = {_DROP_COLUMN: ""}
-    for prefix, side, window in zip(_SIDES, sides, windows):
+    for prefix, side, window in zip(prefixes, tokens, windows):
         input_ids, labels = keep_window(side, window)
         columns[f"{prefix}input_ids"] = input_ids
         columns[f"{prefix}attention_mask"] = [1] * len(input_ids)
@@ -137,9 +143,9 @@ def _encode_row(row, index, data_format, tokenizers, max_length, max_prompt_leng
     return columns
 
 
-def _dropped(reason):
+def _dropped(reason, prefixes):
     columns = {_DROP_COLUMN: reason}
-    for prefix in _SIDES:
+    for prefix in prefixes:
         for name in ("input_ids", "attention_mask", "labels"):
             columns[f"{prefix}{name}"] = []
     return columns

@@ -4,7 +4,10 @@
         --output PATH.png [--projectors FILE] [--student_tokenizer DIR] [--teacher_tokenizer DIR]
 
 The student may be a full model or a PEFT adapter folder (with adapter_config.json); the projectors default to
-the `projectors.safetensors` that the trainer saves beside the student. The objective's knobs (band, gamma) are
+the `projectors.safetensors` that the trainer saves beside the student. A student distilled from several teachers:
+give `--teacher` once per teacher, in the training order (and `--projectors`, `--teacher_tokenizer` once per
+teacher when given); the picture has one row per teacher, and each teacher's projectors default to its
+`projectors-<name>.safetensors`. The objective's knobs (band, gamma) are
 the defaults of `DWAKDLossOptions`. Every input is checked before a model is loaded.
 """
 
@@ -18,10 +21,18 @@ from ..optional import require_matplotlib
 def build_parser():
     parser = argparse.ArgumentParser(prog="hf-dwakd inspect", description=__doc__.splitlines()[0])
     parser.add_argument("--student", required=True, help="student folder: a full model or a PEFT adapter")
-    parser.add_argument("--teacher", required=True, help="teacher folder or Hub id")
-    parser.add_argument("--projectors", help="projectors file (default: the one the trainer saved beside --student)")
+    parser.add_argument(
+        "--teacher", required=True, action="append", help="teacher folder or Hub id; once per teacher for several"
+    )
+    parser.add_argument(
+        "--projectors",
+        action="append",
+        help="projectors file, once per teacher (default: the one the trainer saved beside --student)",
+    )
     parser.add_argument("--student_tokenizer", help="student tokenizer (default: --student)")
-    parser.add_argument("--teacher_tokenizer", help="teacher tokenizer (default: --teacher)")
+    parser.add_argument(
+        "--teacher_tokenizer", action="append", help="teacher tokenizer, once per teacher (default: --teacher)"
+    )
     parser.add_argument("--text", help="the prompt of the example (with --response)")
     parser.add_argument("--response", help="the response of the example (with --text)")
     parser.add_argument("--data", help="a .jsonl file in any format the trainer reads (with --index)")
@@ -35,16 +46,16 @@ def build_parser():
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        row, projectors_path = check_arguments(args)
+        row, projectors_paths = check_arguments(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"hf-dwakd inspect: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    png_path, json_path = inspect(args, row, projectors_path)
+    png_path, json_path = inspect(args, row, projectors_paths)
     print(f"alignment written to {png_path} and {json_path}")
 
 
 def check_arguments(args):
-    """`(row, projectors_path)`, or an error naming the flag, before anything expensive."""
+    """`(row, projectors_paths)` (one per teacher), or an error naming the flag, before anything expensive."""
     require_matplotlib()
     if not args.output.endswith(".png"):
         raise ValueError(f"--output must end in .png (the JSON goes beside it), got {args.output}")
@@ -58,40 +69,78 @@ def check_arguments(args):
         row = {"prompt": args.text, "completion": args.response}
     else:
         row = _data_row(args.data, args.index)
-    from ..trainer import PROJECTORS_NAME
+    from ..projectors import PROJECTORS_NAME, projectors_file_name
+    from ..teacher_list import teacher_names
 
-    projectors_path = Path(args.projectors or Path(args.student) / PROJECTORS_NAME)
-    if not projectors_path.is_file():
-        raise FileNotFoundError(
-            f"no projectors at {projectors_path}: pass --projectors FILE (DWAKDTrainer saves {PROJECTORS_NAME} "
-            "beside the student)"
-        )
+    for flag in ("projectors", "teacher_tokenizer"):
+        given = getattr(args, flag)
+        if given is not None and len(given) != len(args.teacher):
+            count = len(args.teacher)
+            raise ValueError(f"--{flag} is given {len(given)} times for {count} --teacher: give it once per teacher")
+    if args.projectors:
+        paths = [Path(path) for path in args.projectors]
+    elif len(args.teacher) == 1:
+        paths = [Path(args.student) / PROJECTORS_NAME]
+    else:
+        paths = [Path(args.student) / projectors_file_name(name) for name in teacher_names(args.teacher)]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no projectors at {path}: pass --projectors FILE (DWAKDTrainer saves {PROJECTORS_NAME}, or "
+                "projectors-<teacher name>.safetensors with several teachers, beside the student)"
+            )
     if not Path(args.student).is_dir():
         raise FileNotFoundError(f"--student {args.student} is not a folder")
-    return row, projectors_path
+    return row, paths
 
 
-def inspect(args, row, projectors_path):
-    """Load both models and the projectors, draw the example; returns the PNG and JSON paths."""
-    import torch
-    from safetensors.torch import load_file
-
+def inspect(args, row, projectors_paths):
+    """Load the student, each teacher and its projectors, draw the example; returns the PNG and JSON paths."""
     from ..loading import load_model, load_tokenizer
-    from ..model_side import ModelSide
-    from ..objective import DWAKDLossOptions
-    from ..projectors import DWAKDProjectors
-    from .example import example_batch, example_sides, response_tokens
-    from .figure import save_alignment
-    from .numbers import alignment_numbers
+    from ..teacher_list import teacher_names, teacher_prefix
+    from .example import example_batch
+    from .figure import save_alignment, save_teachers_alignment
 
     student_tokenizer = load_tokenizer(
         args.student_tokenizer or args.student, role="student", fix="pass --student_tokenizer"
     )
-    teacher_tokenizer = load_tokenizer(
-        args.teacher_tokenizer or args.teacher, role="teacher", fix="pass --teacher_tokenizer"
+    tokenizer_names = args.teacher_tokenizer or args.teacher
+    teacher_tokenizers = [
+        load_tokenizer(name, role="teacher", fix="pass --teacher_tokenizer") for name in tokenizer_names
+    ]
+    several = len(args.teacher) > 1
+    batch = example_batch(
+        row,
+        student_tokenizer,
+        teacher_tokenizers if several else teacher_tokenizers[0],
+        args.max_length,
+        args.max_prompt_length,
     )
-    batch = example_batch(row, student_tokenizer, teacher_tokenizer, args.max_length, args.max_prompt_length)
-    student_model, teacher_model = load_model(args.student), load_model(args.teacher)
+    student_model = load_model(args.student)
+    numbers = {
+        name: _teacher_numbers(student_model, student_tokenizer, teacher, tokenizer, path, batch, teacher_prefix(k))
+        for k, (name, teacher, tokenizer, path) in enumerate(
+            zip(teacher_names(args.teacher), args.teacher, teacher_tokenizers, projectors_paths)
+        )
+    }
+    if several:
+        return save_teachers_alignment(numbers, args.output)
+    return save_alignment(next(iter(numbers.values())), args.output)
+
+
+def _teacher_numbers(student_model, student_tokenizer, teacher, teacher_tokenizer, projectors_path, batch, prefix):
+    """One teacher's `AlignmentNumbers` on the collated example `batch` (its columns start with `prefix`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..loading import load_model
+    from ..model_side import ModelSide
+    from ..objective import DWAKDLossOptions
+    from ..projectors import DWAKDProjectors
+    from .example import example_sides, response_tokens
+    from .numbers import alignment_numbers
+
+    teacher_model = load_model(teacher)
     state = load_file(str(projectors_path))
     projectors = DWAKDProjectors(
         student_model.config.get_text_config().hidden_size,
@@ -102,22 +151,21 @@ def inspect(args, row, projectors_path):
         projectors.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"--projectors {projectors_path} do not fit this student and teacher: {error}") from None
-    student, teacher = example_sides(
+    student, teacher_side = example_sides(
         ModelSide("student", len(student_tokenizer), model=student_model, unpadded_forward=False),
-        ModelSide("teacher", len(teacher_tokenizer), prefix="teacher_", model=teacher_model, unpadded_forward=False),
+        ModelSide("teacher", len(teacher_tokenizer), prefix=prefix, model=teacher_model, unpadded_forward=False),
         batch,
     )
     projectors.to(student.hidden.device)
     with torch.no_grad():
-        numbers = alignment_numbers(
+        return alignment_numbers(
             student,
-            teacher,
+            teacher_side,
             projectors,
             DWAKDLossOptions(),
             response_tokens(student, student_tokenizer),
-            response_tokens(teacher, teacher_tokenizer),
+            response_tokens(teacher_side, teacher_tokenizer),
         )
-    return save_alignment(numbers, args.output)
 
 
 def _data_row(path, index):

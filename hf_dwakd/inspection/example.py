@@ -8,11 +8,16 @@ from ..objective import SideOutputs
 
 
 def example_batch(row, student_tokenizer, teacher_tokenizer, max_length, max_prompt_length):
-    """A batch of one `row` (any format the trainer reads), tokenized and collated exactly as in training."""
+    """A batch of one `row` (any format the trainer reads), tokenized and collated exactly as in training;
+    `teacher_tokenizer` may be a list (several teachers, their columns `teacher_`, `teacher_2_`, ...)."""
     prepared = prepare_distillation_dataset(
         Dataset.from_list([row]), student_tokenizer, teacher_tokenizer, max_length, max_prompt_length
     )
-    return DistillationCollator(student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)([prepared[0]])
+    if isinstance(teacher_tokenizer, list):
+        teacher_pad_ids = [tokenizer.pad_token_id for tokenizer in teacher_tokenizer]
+    else:
+        teacher_pad_ids = teacher_tokenizer.pad_token_id
+    return DistillationCollator(student_tokenizer.pad_token_id, teacher_pad_ids)([prepared[0]])
 
 
 @torch.no_grad()

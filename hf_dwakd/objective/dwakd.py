@@ -173,5 +173,6 @@ register_method(
         needs_projectors=True,
         embedding_projector=lambda args: args.loss_options().uses_dtw and args.use_dtw_embed,
         token_sum_metrics=frozenset(TERM_WEIGHTS),
+        several_teachers=True,
     )
 )

@@ -70,8 +70,9 @@ def check_train_arguments(script_args, training_args, model_args):
     if not script_args.dataset_files:
         named.append(("dataset_name", script_args.dataset_name))
     for name, value in named:
-        if value is not None:
-            _check_hub_id_or_path(name, value)
+        for entry in value if isinstance(value, list) else [value]:
+            if entry is not None:
+                _check_hub_id_or_path(name, entry)
 
     if script_args.dataset_files:
         files = dataset_files_by_split(script_args.dataset_files)
@@ -154,7 +155,7 @@ def _checked_value(value, action, accepts_dict):
         raise ValueError(f"expects a single value, got the mapping {value!r}")
     if action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [value]
-        return [_converted(item, action) for item in items]
+        return [None if item is None else _converted(item, action) for item in items]  # null: an entry left unset
     if isinstance(value, list):
         raise ValueError(f"expects a single value, got the list {value!r}")
     return _converted(value, action)

@@ -14,6 +14,7 @@ from transformers import AutoConfig, PreTrainedModel
 from ..data import DistillationCollator, prepare_distillation_dataset
 from ..loading import ensure_pad_token, load_teacher, load_tokenizer
 from ..model_side import ModelSide
+from ..teacher_list import per_teacher, teacher_count, teacher_prefix
 from .store import (
     CACHE_FORMAT,
     HIDDEN_COLUMN,
@@ -38,8 +39,8 @@ def build_teacher_cache(
     *,
     student_tokenizer,
     teacher_tokenizer=None,
-    teacher_model: PreTrainedModel | str | None = None,
-) -> Path:
+    teacher_model: PreTrainedModel | str | list | None = None,
+) -> Path | list[Path | None]:
     """Build the teacher cache `args.teacher_cache_dir` (a `DWAKDConfig`) for these datasets; returns its path.
 
     The datasets are prepared as `DWAKDTrainer` prepares them (the student tokenizer decides which rows survive
@@ -48,34 +49,61 @@ def build_teacher_cache(
     `args.teacher_cache_dtype`, `args.per_device_eval_batch_size` examples at a time. Under `accelerate launch`
     each process runs a contiguous share of every split and the main process joins the shares.
 
+    Several teachers (lists of models, tokenizers and cache folders, one entry each): the data is prepared with
+    every teacher's tokenizer, as the trainer does, and each teacher with a folder gets its own cache there; the
+    result is the list of paths (None for a teacher without a folder, which trains live).
+
     A folder already holding the cache of this very run is reused as it is; one holding another run's cache is
     refused. Before anything is stored, the teacher's first batch must show that its logits are its output layer
     applied to its last hidden state, which is all a cached run can recompute.
     """
-    cache_dir = args.teacher_cache_dir
-    if cache_dir is None:
-        raise ValueError("Set `teacher_cache_dir` (the folder to write the teacher cache to).")
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     if teacher_model is None:
         raise ValueError("Building a teacher cache needs the teacher: set `teacher_model_name_or_path`.")
-    teacher_name = teacher_model if isinstance(teacher_model, str) else teacher_model.config._name_or_path
-    if teacher_tokenizer is None:
-        teacher_tokenizer = load_tokenizer(
-            args.teacher_tokenizer_name_or_path or teacher_name,
-            role="teacher",
-            fix="set `teacher_tokenizer_name_or_path`",
-            trust_remote_code=args.trust_remote_code,
-        )
-    for role, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
+    count = teacher_count(teacher_model)
+    args.check_teachers(count, "`teacher_model`" if count > 1 else "`teacher_model_name_or_path`")
+    cache_dirs = per_teacher(args.teacher_cache_dir, count)
+    if all(cache_dir is None for cache_dir in cache_dirs):
+        raise ValueError("Set `teacher_cache_dir` (the folder to write the teacher cache to).")
+    teacher_models = per_teacher(teacher_model, count)
+    teacher_tokenizers = per_teacher(teacher_tokenizer, count)
+    tokenizer_names = per_teacher(args.teacher_tokenizer_name_or_path, count)
+    for index, model in enumerate(teacher_models):
+        if teacher_tokenizers[index] is None:
+            teacher_tokenizers[index] = load_tokenizer(
+                tokenizer_names[index] or (model if isinstance(model, str) else model.config._name_or_path),
+                role="teacher",
+                fix="set `teacher_tokenizer_name_or_path`",
+                trust_remote_code=args.trust_remote_code,
+            )
+    for role, tokenizer in (("student", student_tokenizer), *(("teacher", t) for t in teacher_tokenizers)):
         ensure_pad_token(tokenizer, role)
 
     splits = {"train": train_dataset, **split_names(eval_dataset)}
     prepared = {
         name: prepare_distillation_dataset(
-            data, student_tokenizer, teacher_tokenizer, args.max_length, args.max_prompt_length, args.dataset_num_proc
+            data,
+            student_tokenizer,
+            teacher_tokenizers if count > 1 else teacher_tokenizers[0],
+            args.max_length,
+            args.max_prompt_length,
+            args.dataset_num_proc,
         )
         for name, data in splits.items()
     }
+    collator = DistillationCollator(student_tokenizer.pad_token_id, [t.pad_token_id for t in teacher_tokenizers])
+    paths = [
+        None
+        if cache_dir is None
+        else _build_one(args, cache_dir, model, tokenizer, teacher_prefix(index), prepared, collator)
+        for index, (cache_dir, model, tokenizer) in enumerate(zip(cache_dirs, teacher_models, teacher_tokenizers))
+    ]
+    return paths[0] if count == 1 else paths
+
+
+def _build_one(args, cache_dir, teacher_model, teacher_tokenizer, prefix, prepared, collator) -> Path:
+    """One teacher's cache in `cache_dir`, from the `prepared` splits (its columns start with `prefix`)."""
+    teacher_name = teacher_model if isinstance(teacher_model, str) else teacher_model.config._name_or_path
     revision = (args.teacher_model_init_kwargs or {}).get("revision")
     if isinstance(teacher_model, str):
         config = AutoConfig.from_pretrained(teacher_model, revision=revision, trust_remote_code=args.trust_remote_code)
@@ -83,7 +111,7 @@ def build_teacher_cache(
         config = teacher_model.config
     weights = weights_identity(teacher_model, revision)
     run = describe_run(
-        teacher_name, config, weights, teacher_tokenizer, args.max_length, args.max_prompt_length, prepared
+        teacher_name, config, weights, teacher_tokenizer, args.max_length, args.max_prompt_length, prepared, prefix
     )
     if _reusable(cache_dir, run, args.teacher_cache_dtype):
         return Path(cache_dir)
@@ -98,13 +126,12 @@ def build_teacher_cache(
     teacher = ModelSide(
         "teacher",
         len(teacher_tokenizer),
-        prefix="teacher_",
+        prefix=prefix,
         model=teacher_model,
         unpadded_forward=args.unpadded_forward,
         across_processes=False,
         autocast=lambda: torch.autocast(state.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
     )
-    collator = DistillationCollator(student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)
     shards = Path(cache_dir) / SHARDS_FOLDER
     shards.mkdir(parents=True, exist_ok=True)
     for name, data in prepared.items():
@@ -119,7 +146,7 @@ def build_teacher_cache(
         with writer, progress:
             for batch in loader:
                 writer.write(_teacher_states(teacher, batch, state.device))
-                progress.update(batch["teacher_input_ids"].shape[0])
+                progress.update(batch[f"{prefix}input_ids"].shape[0])
     state.wait_for_everyone()
     if state.is_main_process:
         _join_shards(cache_dir, prepared, state.num_processes)
@@ -149,7 +176,9 @@ def _teacher_states(teacher: ModelSide, batch, device) -> list[torch.Tensor]:
     hidden state: a cached run recomputes the logits that way, so it would train on other targets."""
     batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
     if teacher.mode is None:
-        mode = teacher.settle(teacher.model, batch["teacher_input_ids"], batch["teacher_attention_mask"])
+        mode = teacher.settle(
+            teacher.model, batch[f"{teacher.prefix}input_ids"], batch[f"{teacher.prefix}attention_mask"]
+        )
         if not mode.rows_only:
             config = teacher.model.config.get_text_config()
             raise ValueError(

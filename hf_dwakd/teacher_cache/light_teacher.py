@@ -9,9 +9,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
+from ..data.collator import HIDDEN_SUFFIX
 from ..objective import shift_for_next_token
 from ..objective.outputs import IGNORE_INDEX, SideOutputs
-from .store import HIDDEN_COLUMN, states_from_storage
+from .store import states_from_storage
 
 
 class LightTeacher(nn.Module):
@@ -64,17 +65,19 @@ class CachedTeacherSide:
     """The teacher's role in a cached run, called like a live `ModelSide`: a collated batch -> `SideOutputs`.
 
     `autocast` is the mixed-precision context the live teacher's output layer runs under, so that a cached run
-    computes the same logits."""
+    computes the same logits; `prefix` the teacher's columns in the batch (`teacher_`, `teacher_2_`, ...)."""
 
-    def __init__(self, teacher: LightTeacher, vocab_size: int, autocast=contextlib.nullcontext):
-        self.teacher, self.vocab_size, self.autocast = teacher, vocab_size, autocast
+    def __init__(
+        self, teacher: LightTeacher, vocab_size: int, autocast=contextlib.nullcontext, prefix: str = "teacher_"
+    ):
+        self.teacher, self.vocab_size, self.autocast, self.prefix = teacher, vocab_size, autocast, prefix
 
     def __call__(self, batch: dict, model=None, full_logits: bool = False) -> tuple[SideOutputs, None]:
-        return cached_teacher_outputs(batch, self.teacher, self.vocab_size, self.autocast), None
+        return cached_teacher_outputs(batch, self.teacher, self.vocab_size, self.autocast, self.prefix), None
 
 
 def cached_teacher_outputs(
-    batch: dict, teacher: LightTeacher, vocab_size: int, autocast=contextlib.nullcontext
+    batch: dict, teacher: LightTeacher, vocab_size: int, autocast=contextlib.nullcontext, prefix: str = "teacher_"
 ) -> SideOutputs:
     """The teacher's `SideOutputs` from a collated batch holding its cached states.
 
@@ -84,8 +87,8 @@ def cached_teacher_outputs(
     positions; the embeddings come from the ids, and the losses apply the output layer to the rows they read, as
     with a live teacher.
     """
-    input_ids, labels = batch["teacher_input_ids"], batch["teacher_labels"]
-    stored = states_from_storage(batch[HIDDEN_COLUMN])  # (B, n_max, d), zero-padded by the collator
+    input_ids, labels = batch[f"{prefix}input_ids"], batch[f"{prefix}labels"]
+    stored = states_from_storage(batch[prefix + HIDDEN_SUFFIX])  # (B, n_max, d), zero-padded by the collator
     weight = teacher.output_layer.weight
     predicts_response = labels[:, 1:] != IGNORE_INDEX
     lengths = predicts_response.sum(dim=1)

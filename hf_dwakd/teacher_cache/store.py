@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import torch
 from datasets import Array2D, Dataset, Features, concatenate_datasets, load_from_disk
 
+from ..data.collator import HIDDEN_SUFFIX
 from ..data.collator import TEACHER_HIDDEN_COLUMN as HIDDEN_COLUMN
 
 METADATA_NAME = "metadata.json"
@@ -48,10 +49,17 @@ def split_names(eval_dataset) -> dict:
 
 
 def describe_run(
-    teacher_name, teacher_config, teacher_weights, teacher_tokenizer, max_length, max_prompt_length, splits
+    teacher_name,
+    teacher_config,
+    teacher_weights,
+    teacher_tokenizer,
+    max_length,
+    max_prompt_length,
+    splits,
+    prefix: str = "teacher_",
 ) -> dict:
     """What a cache must have been built from to serve this run; `teacher_weights` is `weights_identity`'s,
-    `splits` are the prepared datasets by name."""
+    `splits` are the prepared datasets by name, `prefix` the teacher's columns in them."""
     return {
         "teacher_name_or_path": _normalised_name(teacher_name),
         "teacher_config": _config_hash(teacher_config),
@@ -59,7 +67,9 @@ def describe_run(
         "teacher_tokenizer": _tokenizer_hash(teacher_tokenizer),
         "max_length": max_length,
         "max_prompt_length": max_prompt_length,
-        "splits": {name: {"fingerprint": data_fingerprint(data), "rows": len(data)} for name, data in splits.items()},
+        "splits": {
+            name: {"fingerprint": data_fingerprint(data, prefix), "rows": len(data)} for name, data in splits.items()
+        },
     }
 
 
@@ -88,11 +98,12 @@ def weights_identity(teacher, revision: str | None = None) -> str:
     return f"hub {teacher}@{_hub_commit(str(teacher), revision) or revision or 'main'}"
 
 
-def data_fingerprint(prepared: Dataset) -> str:
-    """A hash of the teacher's side of a prepared dataset (token ids and labels of every row, in order): it
-    changes with the data, its order, the teacher tokenizer, the lengths and the rows the preparation drops."""
+def data_fingerprint(prepared: Dataset, prefix: str = "teacher_") -> str:
+    """A hash of one teacher's side of a prepared dataset (token ids and labels of every row, in order, in the
+    columns starting with `prefix`): it changes with the data, its order, the teacher tokenizer, the lengths and
+    the rows the preparation drops (with several teachers, every tokenizer takes part in truncation)."""
     digest = hashlib.sha256()
-    columns = ["teacher_input_ids", "teacher_labels"]
+    columns = [f"{prefix}input_ids", f"{prefix}labels"]
     for table in prepared.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
         for name in columns:
             column = table.column(name)
@@ -157,12 +168,16 @@ def check_cache_matches(cache_dir, run: dict) -> dict:
     return cached
 
 
-def join_cached_states(prepared: Dataset, cache_dir, split: str) -> Dataset:
-    """The prepared dataset with the cached states as a `teacher_hidden` column, read as numpy arrays in their
-    stored dtype (the other columns stay Python lists, as the collator expects)."""
+def join_cached_states(prepared: Dataset, cache_dir, split: str, prefix: str = "teacher_") -> Dataset:
+    """The prepared dataset with the cached states as the teacher's `<prefix>hidden` column (`teacher_hidden`),
+    read as numpy arrays in their stored dtype (the other columns stay Python lists, as the collator expects)."""
+    column = prefix + HIDDEN_SUFFIX
     states = load_from_disk(str(Path(cache_dir) / split))
+    if column != HIDDEN_COLUMN:
+        states = states.rename_column(HIDDEN_COLUMN, column)
     joined = concatenate_datasets([prepared, states], axis=1)
-    return joined.with_format("numpy", columns=[HIDDEN_COLUMN], output_all_columns=True, dtype=None)
+    numpy_columns = [name for name in joined.column_names if name.endswith(HIDDEN_SUFFIX)]
+    return joined.with_format("numpy", columns=numpy_columns, output_all_columns=True, dtype=None)
 
 
 def states_features(hidden_size: int, dtype: str) -> Features:
