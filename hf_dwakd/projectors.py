@@ -2,6 +2,9 @@
 
 from torch import nn
 
+# The config fields of every method that trains the projectors: their learning rate and their start.
+PROJECTOR_FIELDS = ("projector_learning_rate", "projector_init", "projector_init_rows", "projector_init_ridge")
+
 
 class DWAKDProjectors(nn.Module):
     """`query` (2d_s -> 2d_t), `t2s` (d_t -> d_s), `s2t` (d_s -> d_t), `embed_t2s` (d_t -> d_s).

@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import os
 import textwrap
+import time
 import warnings
 
 import torch
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
@@ -26,11 +28,14 @@ from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .objective.outputs import no_logit_positions
+from .projector_init import TokenBytes, fit_aligned_projectors, pseudo_inverse_s2t
 from .projectors import DWAKDProjectors
 from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
 from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
 from .unpadded import repadded, unpadded_forward_matches, unpadded_inputs
+
+logger = logging.get_logger(__name__)
 
 PROJECTORS_NAME = "projectors.safetensors"
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
@@ -193,6 +198,7 @@ class DWAKDTrainer(SFTTrainer):
                 self.teacher_model = self._prepare_teacher(teacher_model)
         if args.needs_projectors:
             self._attach_projectors(teacher_model.config.get_text_config().hidden_size)
+        self._projectors_started = False  # `start_projectors` runs once per trainer
         self.distillation_method = get_method(args.kd_method)
         self.aligner = None
         if self.distillation_method.build_aligner is not None:
@@ -257,33 +263,81 @@ class DWAKDTrainer(SFTTrainer):
         )
         return optimizer
 
+    # ---- projector start ---------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None):
+        """`Trainer.train`, after starting the projectors as `projector_init` says. A run that resumes from a
+        checkpoint takes the checkpoint's projectors instead, and a second `train()` keeps the trained ones."""
+        if not resume_from_checkpoint:
+            self.start_projectors()
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+        )
+
+    def start_projectors(self):
+        """Apply `projector_init` to the projectors, once per trainer (docs/method.md, Projector start); returns
+        the aligned fit's `AlignedFit`, the number of shared strings of `pseudo_inverse`, or None."""
+        kind = self.args.projector_init
+        if self.projectors is None or kind == "random" or self._projectors_started:
+            return None
+        self._projectors_started = True
+        student_bytes = TokenBytes.from_tokenizer(self.processing_class)
+        teacher_bytes = TokenBytes.from_tokenizer(self.teacher_processing_class)
+        started = time.perf_counter()
+        if kind == "pseudo_inverse":
+            teacher_head = (
+                self.cached_teacher.output_layer
+                if self.cached_teacher is not None
+                else self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
+            )
+            student_head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
+            result = pseudo_inverse_s2t(
+                self.projectors.s2t,
+                self._full_lm_head_weight(student_head.weight),
+                self._full_lm_head_weight(teacher_head.weight),
+                student_bytes,
+                teacher_bytes,
+            )
+            logger.info(f"projector_init='pseudo_inverse': s2t from {result} shared token strings")
+        else:
+            result = fit_aligned_projectors(
+                self.projectors,
+                self._projector_fit_batches(),
+                student_bytes,
+                teacher_bytes,
+                self.args.projector_init_ridge,
+            )
+            logger.info(f"projector_init='aligned': {result}")
+        logger.info(f"projectors started in {time.perf_counter() - started:.1f} s")
+        return result
+
+    def _projector_fit_batches(self):
+        """`(student, teacher)` SideOutputs of this process's share of `projector_init_rows` training rows (drawn
+        with the run's seed), the models in eval mode, micro-batches of `per_device_train_batch_size`."""
+        dataset = self.train_dataset
+        generator = torch.Generator().manual_seed(self.args.seed)
+        rows = torch.randperm(len(dataset), generator=generator)[: self.args.projector_init_rows].tolist()
+        rows = rows[self.accelerator.process_index :: self.accelerator.num_processes]
+        size = self.args.per_device_train_batch_size
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), size):
+                batch = self._prepare_inputs(
+                    self.data_collator([dataset[index] for index in rows[start : start + size]])
+                )
+                with torch.no_grad():
+                    student, _, teacher = self._batch_sides(self.model, batch)
+                yield student, teacher
+        finally:
+            self.model.train(was_training)
+
     # ---- loss --------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         # Evaluation with `compute_metrics` asks for the outputs: then the student's logits are computed everywhere.
-        student, student_logits = self._side_outputs(
-            model,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["labels"],
-            self.student_vocab_size,
-            "student",
-            full_logits=return_outputs,
-        )
-        teacher = None
-        if self.cached_teacher is not None:
-            teacher = cached_teacher_outputs(inputs, self.cached_teacher, self.teacher_vocab_size)
-        elif self.teacher_model is not None:
-            with torch.no_grad():
-                teacher, _ = self._side_outputs(
-                    self.teacher_model,
-                    inputs["teacher_input_ids"],
-                    inputs["teacher_attention_mask"],
-                    inputs["teacher_labels"],
-                    self.teacher_vocab_size,
-                    "teacher",
-                )
+        student, student_logits, teacher = self._batch_sides(model, inputs, full_logits=return_outputs)
         loss, metrics = distillation_loss(
             self.args,
             student,
@@ -308,6 +362,33 @@ class DWAKDTrainer(SFTTrainer):
             return loss
         # What the student's own forward returns: logits at every position, aligned with the unshifted labels.
         return loss, CausalLMOutputWithPast(loss=loss, logits=student_logits)
+
+    def _batch_sides(self, model, inputs, full_logits=False):
+        """`(student SideOutputs, the student's logits as its forward returned them, teacher SideOutputs or None)`
+        of a collated batch; the teacher from its cache or its frozen forward."""
+        student, student_logits = self._side_outputs(
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["labels"],
+            self.student_vocab_size,
+            "student",
+            full_logits=full_logits,
+        )
+        teacher = None
+        if self.cached_teacher is not None:
+            teacher = cached_teacher_outputs(inputs, self.cached_teacher, self.teacher_vocab_size)
+        elif self.teacher_model is not None:
+            with torch.no_grad():
+                teacher, _ = self._side_outputs(
+                    self.teacher_model,
+                    inputs["teacher_input_ids"],
+                    inputs["teacher_attention_mask"],
+                    inputs["teacher_labels"],
+                    self.teacher_vocab_size,
+                    "teacher",
+                )
+        return student, student_logits, teacher
 
     def _side_outputs(self, model, input_ids, attention_mask, labels, vocab_size, role, full_logits=False):
         """One model's `SideOutputs`, its output layer applied only where a loss reads logits, and the logits its

@@ -1,10 +1,13 @@
 """`hf-dwakd inspect`: the alignment picture of one example, as PNG and JSON.
 
     hf-dwakd inspect --student DIR --teacher DIR (--text PROMPT --response TEXT | --data FILE.jsonl --index N)
-        --output PATH.png [--projectors FILE] [--student_tokenizer DIR] [--teacher_tokenizer DIR]
+        --output PATH.png [--projectors FILE | --fit_projectors FILE.jsonl [--fit_rows N]]
+        [--student_tokenizer DIR] [--teacher_tokenizer DIR]
 
 The student may be a full model or a PEFT adapter folder (with adapter_config.json); the projectors default to
-the `projectors.safetensors` that the trainer saves beside the student. The objective's knobs (band, gamma) are
+the `projectors.safetensors` that the trainer saves beside the student. `--fit_projectors` instead fits them as
+`projector_init="aligned"` does before training (docs/method.md, Projector start), on the first `--fit_rows` rows
+of a training file: the picture of the aligned start. The objective's knobs (band, gamma) are
 the defaults of `DWAKDLossOptions`. Every input is checked before a model is loaded.
 """
 
@@ -20,6 +23,11 @@ def build_parser():
     parser.add_argument("--student", required=True, help="student folder: a full model or a PEFT adapter")
     parser.add_argument("--teacher", required=True, help="teacher folder or Hub id")
     parser.add_argument("--projectors", help="projectors file (default: the one the trainer saved beside --student)")
+    parser.add_argument(
+        "--fit_projectors",
+        help="a .jsonl training file: fit the projectors on it (projector_init='aligned') instead of loading them",
+    )
+    parser.add_argument("--fit_rows", type=int, default=256, help="rows of --fit_projectors fitted on (default 256)")
     parser.add_argument("--student_tokenizer", help="student tokenizer (default: --student)")
     parser.add_argument("--teacher_tokenizer", help="teacher tokenizer (default: --teacher)")
     parser.add_argument("--text", help="the prompt of the example (with --response)")
@@ -60,19 +68,27 @@ def check_arguments(args):
         row = _data_row(args.data, args.index)
     from ..trainer import PROJECTORS_NAME
 
+    if not Path(args.student).is_dir():
+        raise FileNotFoundError(f"--student {args.student} is not a folder")
+    if args.fit_projectors is not None:
+        if args.projectors is not None:
+            raise ValueError("give either --projectors (load them) or --fit_projectors (fit them), not both")
+        if not Path(args.fit_projectors).is_file():
+            raise FileNotFoundError(f"--fit_projectors {args.fit_projectors} does not exist")
+        if args.fit_rows < 1:
+            raise ValueError(f"--fit_rows must be at least 1, got {args.fit_rows}")
+        return row, None
     projectors_path = Path(args.projectors or Path(args.student) / PROJECTORS_NAME)
     if not projectors_path.is_file():
         raise FileNotFoundError(
             f"no projectors at {projectors_path}: pass --projectors FILE (DWAKDTrainer saves {PROJECTORS_NAME} "
             "beside the student)"
         )
-    if not Path(args.student).is_dir():
-        raise FileNotFoundError(f"--student {args.student} is not a folder")
     return row, projectors_path
 
 
 def inspect(args, row, projectors_path):
-    """Load both models and the projectors, draw the example; returns the PNG and JSON paths."""
+    """Load both models and the projectors (or fit them), draw the example; returns the PNG and JSON paths."""
     import torch
     from safetensors.torch import load_file
 
@@ -86,16 +102,17 @@ def inspect(args, row, projectors_path):
     teacher_tokenizer = _tokenizer(args.teacher_tokenizer or args.teacher, "--teacher_tokenizer")
     batch = example_batch(row, student_tokenizer, teacher_tokenizer, args.max_length, args.max_prompt_length)
     student_model, teacher_model = _student_model(args.student), _causal_lm(args.teacher)
-    state = load_file(str(projectors_path))
-    projectors = DWAKDProjectors(
-        student_model.config.get_text_config().hidden_size,
-        teacher_model.config.get_text_config().hidden_size,
-        embedding_projector="embed_t2s.weight" in state,
-    )
-    try:
-        projectors.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"--projectors {projectors_path} do not fit this student and teacher: {error}") from None
+    sizes = [model.config.get_text_config().hidden_size for model in (student_model, teacher_model)]
+    if projectors_path is None:
+        projectors = DWAKDProjectors(*sizes)
+        fit_on_rows(projectors, student_model, teacher_model, student_tokenizer, teacher_tokenizer, args)
+    else:
+        state = load_file(str(projectors_path))
+        projectors = DWAKDProjectors(*sizes, embedding_projector="embed_t2s.weight" in state)
+        try:
+            projectors.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"--projectors {projectors_path} do not fit this student and teacher: {error}") from None
     student, teacher = example_sides(
         student_model, teacher_model, batch, len(student_tokenizer), len(teacher_tokenizer)
     )
@@ -110,6 +127,33 @@ def inspect(args, row, projectors_path):
             response_tokens(teacher, teacher_tokenizer),
         )
     return save_alignment(numbers, args.output)
+
+
+def fit_on_rows(projectors, student_model, teacher_model, student_tokenizer, teacher_tokenizer, args, batch_size=4):
+    """Fit `projectors` as `projector_init="aligned"` does, on the first `--fit_rows` rows of `--fit_projectors`,
+    with the default ridge of `DWAKDConfig`."""
+    from datasets import Dataset
+
+    from ..config import DWAKDConfig
+    from ..data import DistillationCollator, prepare_distillation_dataset
+    from ..evaluation.benchmarks import read_jsonl
+    from ..projector_init import TokenBytes, fit_aligned_projectors
+    from .example import example_sides
+
+    rows = read_jsonl(args.fit_projectors)[: args.fit_rows]
+    prepared = prepare_distillation_dataset(
+        Dataset.from_list(rows), student_tokenizer, teacher_tokenizer, args.max_length, args.max_prompt_length
+    )
+    collate = DistillationCollator(student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)
+    vocab_sizes = (len(student_tokenizer), len(teacher_tokenizer))
+    batches = (
+        example_sides(student_model, teacher_model, collate([prepared[i] for i in range(start, end)]), *vocab_sizes)
+        for start, end in ((s, min(s + batch_size, len(prepared))) for s in range(0, len(prepared), batch_size))
+    )
+    projectors.to(next(student_model.parameters()).device)
+    ridge = DWAKDConfig.__dataclass_fields__["projector_init_ridge"].default
+    bytes_ = [TokenBytes.from_tokenizer(tokenizer) for tokenizer in (student_tokenizer, teacher_tokenizer)]
+    return fit_aligned_projectors(projectors, batches, *bytes_, ridge=ridge)
 
 
 def _data_row(path, index):
