@@ -1,7 +1,7 @@
 """Step-0 quality of the projectors per `projector_init`, on the CPU demo's two real models, and the fit's cost.
 
 Run: nice -n 10 python benchmarks/projector_init.py [--inits random aligned pseudo_inverse] [--rows 200]
-     [--eval_rows 32] [--steps 0] [--student gemma-3-270m] [--teacher smollm2-135m-instruct]
+     [--eval_rows 32] [--steps 0] [--max_length 256] [--student gemma-3-270m] [--teacher smollm2-135m-instruct]
 
 The trainer is built as the demo builds it (recipes/demo_cpu.yaml: LoRA r8 on every linear layer of the student,
 max_length 256, batch 4, dwakd), with `projector_init` set and `projector_init_rows` = `--rows` of the demo's 200
@@ -60,8 +60,8 @@ def build_trainer(options, init, output_dir):
     args = DWAKDConfig(
         output_dir=str(output_dir),
         kd_method="dwakd",
-        max_length=256,
-        max_prompt_length=192,
+        max_length=options.max_length,
+        max_prompt_length=options.max_length * 3 // 4,
         per_device_train_batch_size=4,
         learning_rate=5e-4,
         projector_learning_rate=1e-3,
@@ -96,7 +96,11 @@ def held_out_figures(trainer, rows):
     from hf_dwakd.data import prepare_distillation_dataset
 
     prepared = prepare_distillation_dataset(
-        Dataset.from_list(rows), trainer.processing_class, trainer.teacher_processing_class, 256, 192
+        Dataset.from_list(rows),
+        trainer.processing_class,
+        trainer.teacher_processing_class,
+        trainer.args.max_length,
+        trainer.args.max_prompt_length,
     )
     student_bytes = TokenBytes.from_tokenizer(trainer.processing_class)
     teacher_bytes = TokenBytes.from_tokenizer(trainer.teacher_processing_class)
@@ -143,11 +147,12 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=200, help="training rows fitted on (projector_init_rows)")
     parser.add_argument("--eval_rows", type=int, default=32, help="held-out rows measured")
     parser.add_argument("--steps", type=int, default=0, help="also measure after this many training steps")
+    parser.add_argument("--max_length", type=int, default=256, help="tokens per row (the prompt gets 3/4 of it)")
     parser.add_argument("--student", default="gemma-3-270m")
     parser.add_argument("--teacher", default="smollm2-135m-instruct")
     options = parser.parse_args(argv)
     heldout = read_jsonl(HELDOUT_FILE)[: options.eval_rows]
-    print(f"torch threads {torch.get_num_threads()}; student {options.student}, teacher {options.teacher}")
+    print(f"torch threads {torch.get_num_threads()}; student {options.student}, teacher {options.teacher}; {options}")
     results = {}
     for position, init in enumerate(options.inits):
         with tempfile.TemporaryDirectory() as output_dir:

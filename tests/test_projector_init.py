@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hf_dwakd import DWAKDTrainer
 from hf_dwakd.methods import distillation_loss
 from hf_dwakd.objective import cross_model_attention, gather_responses
 from hf_dwakd.objective.attention import normalise_per_example
@@ -26,7 +27,7 @@ from hf_dwakd.projector_init import (
 )
 from hf_dwakd.projectors import DWAKDProjectors
 
-from testing_utils import ROWS, load_tokenizer, make_trainer, tiny_causal_lm
+from testing_utils import ROWS, load_tokenizer, make_config, make_trainer, tiny_causal_lm
 
 EOS = 0
 
@@ -270,6 +271,45 @@ def test_train_starts_the_projectors_once_and_a_resumed_run_keeps_its_own(tmp_pa
         torch.testing.assert_close(resumed.projectors.state_dict()[name], value)
 
 
+@pytest.mark.parametrize("variant", ["teacher_cache", "lora", "dskd"])
+def test_the_fit_is_the_same_with_a_teacher_cache_and_lora_and_fits_dskd(tmp_path, variant):
+    """A cached teacher gives the live teacher's states, and LoRA adapters start at zero: both fit what the plain
+    run fits. dskd has no `embed_t2s`: the other three are fitted as for dwakd."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from hf_dwakd.teacher_cache import build_teacher_cache
+
+    plain = make_trainer(tmp_path / "plain", projector_init="aligned")
+    plain.start_projectors()
+    if variant == "teacher_cache":
+        folder = tmp_path / "teacher"
+        tokenizer = load_tokenizer("llama2")
+        tiny_causal_lm(tokenizer, family="llama", hidden_size=24, seed=2).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        options = dict(teacher_cache_dir=str(tmp_path / "cache"), teacher_model_name_or_path=str(folder))
+        build_teacher_cache(
+            make_config(tmp_path, **options), Dataset.from_list(ROWS), None, student_tokenizer=load_tokenizer("gpt2")
+        )
+        other = DWAKDTrainer(
+            model=tiny_causal_lm(load_tokenizer("gpt2"), hidden_size=16, seed=1),  # make_trainer's student
+            args=make_config(tmp_path / "other", projector_init="aligned", **options),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=load_tokenizer("gpt2"),
+        )
+        assert other.cached_teacher is not None
+    elif variant == "lora":
+        lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        other = make_trainer(tmp_path / "other", projector_init="aligned", peft_config=lora)
+    else:
+        other = make_trainer(tmp_path / "other", projector_init="aligned", kd_method="dskd")
+        assert other.projectors.embed_t2s is None
+    other.start_projectors()
+    expected = plain.projectors.state_dict()
+    for name, value in other.projectors.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
+
+
 def test_pseudo_inverse_s2t_gives_the_student_logits_through_the_teacher_head_on_shared_strings():
     student_bytes = token_bytes("a", "b", "c", "d", "e", "f", "g")
     teacher_bytes = token_bytes("g", "x", "f", "e", "d", "c", "b", "a", "y")
@@ -286,8 +326,6 @@ def test_pseudo_inverse_s2t_gives_the_student_logits_through_the_teacher_head_on
 
 
 def test_the_config_refuses_bad_values(tmp_path):
-    from testing_utils import make_config
-
     with pytest.raises(ValueError, match="`projector_init` must be one of"):
         make_config(tmp_path, projector_init="identity")
     with pytest.raises(ValueError, match="`projector_init_rows` must be a positive int"):
@@ -303,7 +341,7 @@ def test_the_config_refuses_bad_values(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_fit_the_same_projectors_as_one(tmp_path):
-    from test_multiprocess import REPOSITORY, TIMEOUT_S, train_arguments, write_inputs
+    from test_multiprocess import REPOSITORY, train_arguments, write_inputs
 
     write_inputs(tmp_path)
     script = str(Path(__file__).resolve())
@@ -315,7 +353,7 @@ def test_two_processes_fit_the_same_projectors_as_one(tmp_path):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
         result = subprocess.run(
-            [*launcher, script, *flags], env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+            [*launcher, script, *flags], env=env, capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         fits[name] = json.loads((output_dir / "fit.json").read_text())
