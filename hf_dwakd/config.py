@@ -9,6 +9,7 @@ from .objective import DIVERGENCES, DWAKDLossOptions
 from .objective.options import CONFIG_OPTIONS
 from .ops.soft_dtw import BACKENDS as DTW_BACKENDS
 from .optional import require_matplotlib
+from .projector_init import PROJECTOR_INITS
 from .registry import get_method, registered_methods
 from .teacher_list import (
     PER_TEACHER_FIELDS,
@@ -83,6 +84,15 @@ class DWAKDConfig(SFTConfig):
             that take no position ids (ALiBi: Bloom, MPT) run padded. Unlike TRL's `padding_free`, the collator
             still pads; only the forward skips padding.
         projector_learning_rate (`float`, defaults to `1e-3`): learning rate of the projectors' parameter group.
+        projector_init (`str`, defaults to `"random"`): how the projectors start, once, before the first step of
+            a run that does not resume from a checkpoint (docs/method.md, Projector start): `"random"` (PyTorch's
+            default initialisation), `"pseudo_inverse"` (DSKDv2's `s2t` from the pseudo-inverse of the teacher's
+            LM head over the token strings both vocabularies share; the others random) or `"aligned"` (all of
+            them fitted in closed form on both frozen models' states at response positions whose target tokens
+            cover the same characters).
+        projector_init_rows (`int`, defaults to `256`): training rows the aligned fit runs both models over.
+        projector_init_ridge (`float`, defaults to `1e-3`): the aligned fit's ridge, relative to the mean variance
+            of each map's inputs.
         alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
             every N steps (`hf_dwakd.inspection`); 0 = off.
 
@@ -213,6 +223,21 @@ class DWAKDConfig(SFTConfig):
     projector_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the projectors' optimizer parameter group."}
     )
+    projector_init: str = field(
+        default="random",
+        metadata={
+            "help": f"How the projectors start before the first step, one of {PROJECTOR_INITS}: random, DSKDv2's "
+            "pseudo-inverse s2t, or all fitted on both frozen models' states at response positions whose target "
+            "tokens cover the same characters (docs/method.md, Projector start)."
+        },
+    )
+    projector_init_rows: int = field(
+        default=256, metadata={"help": "projector_init='aligned': training rows both models run over for the fit."}
+    )
+    projector_init_ridge: float = field(
+        default=1e-3,
+        metadata={"help": "projector_init='aligned': ridge of each fit, relative to the mean variance of its inputs."},
+    )
     alignment_plot_steps: int = field(
         default=0,
         metadata={
@@ -270,6 +295,12 @@ class DWAKDConfig(SFTConfig):
             require_matplotlib()
         if self.projector_learning_rate <= 0:
             raise ValueError(f"`projector_learning_rate` must be > 0, got {self.projector_learning_rate}.")
+        if self.projector_init not in PROJECTOR_INITS:
+            raise ValueError(f"`projector_init` must be one of {PROJECTOR_INITS}, got {self.projector_init!r}.")
+        if isinstance(self.projector_init_rows, bool) or self.projector_init_rows < 1:
+            raise ValueError(f"`projector_init_rows` must be a positive int, got {self.projector_init_rows!r}.")
+        if not self.projector_init_ridge > 0:
+            raise ValueError(f"`projector_init_ridge` must be > 0, got {self.projector_init_ridge!r}.")
         if self.max_length is None or self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"`max_prompt_length` ({self.max_prompt_length}) must be smaller than `max_length` "

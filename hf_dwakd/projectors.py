@@ -9,6 +9,9 @@ def projectors_file_name(teacher_name: str) -> str:
     """The file of one teacher's projectors beside a student trained with several teachers."""
     return f"projectors-{teacher_name}.safetensors"
 
+# The config fields of every method that trains the projectors: their learning rate and their start.
+PROJECTOR_FIELDS = ("projector_learning_rate", "projector_init", "projector_init_rows", "projector_init_ridge")
+
 
 class DWAKDProjectors(nn.Module):
     """`query` (2d_s -> 2d_t), `t2s` (d_t -> d_s), `s2t` (d_s -> d_t), `embed_t2s` (d_t -> d_s).

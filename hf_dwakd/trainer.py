@@ -8,6 +8,7 @@ DDP all-reduces them and DeepSpeed steps them; they are saved beside the student
 
 import os
 import textwrap
+import time
 import warnings
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
 from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
@@ -27,6 +29,7 @@ from .loading import ensure_pad_token, load_teacher, load_tokenizer, teacher_ini
 from .methods import TeacherOutputs, distillation_loss, metric_name, several_teachers_loss
 from .model_card import complete_trainer_card, read_card
 from .model_side import ModelSide, whole_weight
+from .projector_init import TokenBytes, fit_aligned_projectors, pseudo_inverse_s2t
 from .projectors import PROJECTORS_NAME, DWAKDProjectors, projectors_file_name
 from .registry import get_method
 from .teacher_cache import CachedTeacherSide, LightTeacher, load_light_teacher
@@ -40,6 +43,8 @@ from .teacher_cache.store import (
 )
 from .teacher_list import normalised_weights, per_teacher, single_or_list, teacher_names, teacher_prefix
 from .teacher_role import TeacherRole
+
+logger = logging.get_logger(__name__)
 
 PROJECTORS_ATTRIBUTE = "dwakd_projectors"
 STUDENT_COLUMNS = ["input_ids", "attention_mask", "labels"]
@@ -219,6 +224,7 @@ class DWAKDTrainer(SFTTrainer):
         ]
         if args.needs_projectors:
             self._attach_projectors(self.teachers)
+        self._projectors_started = False  # `start_projectors` runs once per trainer
         # The single teacher's attributes (the first teacher's with several).
         first = self.teachers[0] if self.teachers else None
         self.teacher_processing_class = first.tokenizer if first else student_tokenizer
@@ -320,6 +326,80 @@ class DWAKDTrainer(SFTTrainer):
             }
         )
         return optimizer
+
+    # ---- projector start ---------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None):
+        """`Trainer.train`, after starting the projectors as `projector_init` says. A run that resumes from a
+        checkpoint takes the checkpoint's projectors instead, and a second `train()` keeps the trained ones."""
+        if not resume_from_checkpoint:
+            self.start_projectors()
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+        )
+
+    def start_projectors(self):
+        """Apply `projector_init` to each teacher's projectors, once per trainer (docs/method.md, Projector start);
+        returns per teacher name the aligned fit's `AlignedFit` or the number of shared strings of
+        `pseudo_inverse` (empty for `random`)."""
+        kind = self.args.projector_init
+        if self.projectors is None or kind == "random" or self._projectors_started:
+            return {}
+        self._projectors_started = True
+        student_bytes = TokenBytes.from_tokenizer(self.processing_class)
+        results = {}
+        for teacher in self.teachers:
+            started = time.perf_counter()
+            projectors, teacher_bytes = self.projectors_of(teacher), TokenBytes.from_tokenizer(teacher.tokenizer)
+            if kind == "pseudo_inverse":
+                teacher_head = (
+                    teacher.cached.output_layer
+                    if teacher.cached is not None
+                    else self.accelerator.unwrap_model(teacher.model).get_output_embeddings()
+                )
+                student_head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
+                results[teacher.name] = pseudo_inverse_s2t(
+                    projectors.s2t,
+                    self._full_lm_head_weight(student_head.weight),
+                    self._full_lm_head_weight(teacher_head.weight),
+                    student_bytes,
+                    teacher_bytes,
+                )
+            else:
+                results[teacher.name] = fit_aligned_projectors(
+                    projectors,
+                    self._projector_fit_batches(teacher),
+                    student_bytes,
+                    teacher_bytes,
+                    self.args.projector_init_ridge,
+                )
+            logger.info(
+                f"projector_init={kind!r} for teacher {teacher.name!r}: {results[teacher.name]}, "
+                f"{time.perf_counter() - started:.1f} s"
+            )
+        return results
+
+    def _projector_fit_batches(self, teacher: TeacherRole):
+        """`(student, teacher)` SideOutputs of this process's share of `projector_init_rows` training rows (drawn
+        with the run's seed), the models in eval mode, micro-batches of `per_device_train_batch_size`."""
+        dataset = self.train_dataset
+        generator = torch.Generator().manual_seed(self.args.seed)
+        rows = torch.randperm(len(dataset), generator=generator)[: self.args.projector_init_rows].tolist()
+        rows = rows[self.accelerator.process_index :: self.accelerator.num_processes]
+        size = self.args.per_device_train_batch_size
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), size):
+                batch = self._prepare_inputs(
+                    self.data_collator([dataset[index] for index in rows[start : start + size]])
+                )
+                with torch.no_grad():
+                    student, _ = self.student_side(batch, self.model)
+                    teacher_outputs, _ = teacher.side(batch)
+                yield student, teacher_outputs
+        finally:
+            self.model.train(was_training)
 
     # ---- loss --------------------------------------------------------------------------------------------------
 

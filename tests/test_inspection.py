@@ -189,9 +189,47 @@ def test_inspect_writes_png_and_json(saved_models, tmp_path, student):
     torch.testing.assert_close(torch.tensor(from_data_numbers["attention"]), torch.tensor(numbers["attention"]))
 
 
+def test_inspect_draws_the_aligned_start_fitted_on_a_training_file(saved_models, tmp_path):
+    """`--fit_projectors` draws with the projectors that `fit_aligned_projectors` gives on those rows."""
+    from hf_dwakd.inspection.command import build_parser, fit_on_rows
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in ROWS), encoding="utf-8")
+    common = ["--student", str(saved_models / "student"), "--teacher", str(saved_models / "teacher")]
+    example = ["--text", PROMPT, "--response", RESPONSE]
+    fitted = tmp_path / "fitted.png"
+    cli_main(["inspect", *common, *example, "--fit_projectors", str(data), "--fit_rows", "6", "--output", str(fitted)])
+
+    args = build_parser().parse_args([*common, "--fit_projectors", str(data), "--fit_rows", "6", "--output", "x.png"])
+    models = [AutoModelForCausalLM.from_pretrained(saved_models / name) for name in ("student", "teacher")]
+    tokenizers = [load_tokenizer(name) for name in ("gpt2", "llama2")]
+    projectors = DWAKDProjectors(16, 24)
+    fit = fit_on_rows(projectors, *models, *tokenizers, args)
+    assert fit.examples == 6
+    saved = tmp_path / "projectors.safetensors"
+    save_file({k: v.contiguous() for k, v in projectors.state_dict().items()}, saved)
+    loaded = tmp_path / "loaded.png"
+    cli_main(["inspect", *common, *example, "--projectors", str(saved), "--output", str(loaded)])
+    fitted_numbers, loaded_numbers = read_picture(fitted)[1], read_picture(loaded)[1]
+    torch.testing.assert_close(torch.tensor(fitted_numbers["attention"]), torch.tensor(loaded_numbers["attention"]))
+    random_numbers = read_picture_of_random(saved_models, tmp_path, common, example)
+    assert fitted_numbers["mean_row_entropy"] < random_numbers["mean_row_entropy"]
+
+
+def read_picture_of_random(saved_models, tmp_path, common, example):
+    output = tmp_path / "random.png"
+    cli_main(["inspect", *common, *example, "--output", str(output)])
+    return read_picture(output)[1]
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
+        (["--text", "a", "--response", "b", "--fit_projectors", "missing.jsonl"], "--fit_projectors missing.jsonl"),
+        (
+            ["--text", "a", "--response", "b", "--fit_projectors", __file__, "--projectors", "p.safetensors"],
+            "not both",
+        ),
         (["--text", "a"], "--text and --response go together"),
         (["--text", "a", "--response", "b", "--data", "x.jsonl", "--index", "0"], "either as --text"),
         (["--data", "missing.jsonl", "--index", "0"], "does not exist"),

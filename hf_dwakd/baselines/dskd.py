@@ -16,7 +16,7 @@ from hf_dwakd.objective.dual_space import student_space, teacher_space
 from hf_dwakd.objective.options import DWAKDLossOptions
 from hf_dwakd.objective.outputs import SideOutputs
 from hf_dwakd.objective.responses import gather_responses
-from hf_dwakd.projectors import DWAKDProjectors
+from hf_dwakd.projectors import PROJECTOR_FIELDS, DWAKDProjectors
 from hf_dwakd.registry import register_method
 
 
@@ -112,7 +112,7 @@ register_method(
     baseline_method(
         "dskd",
         _kd_of_config,
-        fields=("kd_divergence", "kd_teacher_divergence", "kd_skew", "projector_learning_rate"),
+        fields=("kd_divergence", "kd_teacher_divergence", "kd_skew", *PROJECTOR_FIELDS),
         token_sum_metrics=("kd_student", "kd_teacher", "ce_t2s"),
         needs_projectors=True,
         several_teachers=True,

@@ -7,7 +7,9 @@ The student may be a full model or a PEFT adapter folder (with adapter_config.js
 the `projectors.safetensors` that the trainer saves beside the student. A student distilled from several teachers:
 give `--teacher` once per teacher, in the training order (and `--projectors`, `--teacher_tokenizer` once per
 teacher when given); the picture has one row per teacher, and each teacher's projectors default to its
-`projectors-<name>.safetensors`. The objective's knobs (band, gamma) are
+`projectors-<name>.safetensors`. `--fit_projectors` instead fits them as `projector_init="aligned"` does before
+training (docs/method.md, Projector start), on the first `--fit_rows` rows of a training file: the picture of the
+aligned start (one teacher). The objective's knobs (band, gamma) are
 the defaults of `DWAKDLossOptions`. Every input is checked before a model is loaded.
 """
 
@@ -29,6 +31,11 @@ def build_parser():
         action="append",
         help="projectors file, once per teacher (default: the one the trainer saved beside --student)",
     )
+    parser.add_argument(
+        "--fit_projectors",
+        help="a .jsonl training file: fit the projectors on it (projector_init='aligned') instead of loading them",
+    )
+    parser.add_argument("--fit_rows", type=int, default=256, help="rows of --fit_projectors fitted on (default 256)")
     parser.add_argument("--student_tokenizer", help="student tokenizer (default: --student)")
     parser.add_argument(
         "--teacher_tokenizer", action="append", help="teacher tokenizer, once per teacher (default: --teacher)"
@@ -77,6 +84,8 @@ def check_arguments(args):
         if given is not None and len(given) != len(args.teacher):
             count = len(args.teacher)
             raise ValueError(f"--{flag} is given {len(given)} times for {count} --teacher: give it once per teacher")
+    if args.fit_projectors is not None:
+        return row, [None] * _check_fit_arguments(args)
     if args.projectors:
         paths = [Path(path) for path in args.projectors]
     elif len(args.teacher) == 1:
@@ -92,6 +101,21 @@ def check_arguments(args):
     if not Path(args.student).is_dir():
         raise FileNotFoundError(f"--student {args.student} is not a folder")
     return row, paths
+
+
+def _check_fit_arguments(args):
+    """The number of teachers to fit projectors for, after checking the --fit_projectors flags."""
+    if args.projectors is not None:
+        raise ValueError("give either --projectors (load them) or --fit_projectors (fit them), not both")
+    if len(args.teacher) != 1:
+        raise ValueError("--fit_projectors draws one teacher: give --teacher once")
+    if not Path(args.fit_projectors).is_file():
+        raise FileNotFoundError(f"--fit_projectors {args.fit_projectors} does not exist")
+    if args.fit_rows < 1:
+        raise ValueError(f"--fit_rows must be at least 1, got {args.fit_rows}")
+    if not Path(args.student).is_dir():
+        raise FileNotFoundError(f"--student {args.student} is not a folder")
+    return 1
 
 
 def inspect(args, row, projectors_paths):
@@ -118,7 +142,9 @@ def inspect(args, row, projectors_paths):
     )
     student_model = load_model(args.student)
     numbers = {
-        name: _teacher_numbers(student_model, student_tokenizer, teacher, tokenizer, path, batch, teacher_prefix(k))
+        name: _teacher_numbers(
+            student_model, student_tokenizer, teacher, tokenizer, path, batch, teacher_prefix(k), args
+        )
         for k, (name, teacher, tokenizer, path) in enumerate(
             zip(teacher_names(args.teacher), args.teacher, teacher_tokenizers, projectors_paths)
         )
@@ -128,8 +154,11 @@ def inspect(args, row, projectors_paths):
     return save_alignment(next(iter(numbers.values())), args.output)
 
 
-def _teacher_numbers(student_model, student_tokenizer, teacher, teacher_tokenizer, projectors_path, batch, prefix):
-    """One teacher's `AlignmentNumbers` on the collated example `batch` (its columns start with `prefix`)."""
+def _teacher_numbers(
+    student_model, student_tokenizer, teacher, teacher_tokenizer, projectors_path, batch, prefix, args
+):
+    """One teacher's `AlignmentNumbers` on the collated example `batch` (its columns start with `prefix`); its
+    projectors are read from `projectors_path`, or fitted on `--fit_projectors` when that is None."""
     import torch
     from safetensors.torch import load_file
 
@@ -141,21 +170,22 @@ def _teacher_numbers(student_model, student_tokenizer, teacher, teacher_tokenize
     from .numbers import alignment_numbers
 
     teacher_model = load_model(teacher)
-    state = load_file(str(projectors_path))
-    projectors = DWAKDProjectors(
-        student_model.config.get_text_config().hidden_size,
-        teacher_model.config.get_text_config().hidden_size,
-        embedding_projector="embed_t2s.weight" in state,
-    )
-    try:
-        projectors.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"--projectors {projectors_path} do not fit this student and teacher: {error}") from None
-    student, teacher_side = example_sides(
+    sides = (
         ModelSide("student", len(student_tokenizer), model=student_model, unpadded_forward=False),
         ModelSide("teacher", len(teacher_tokenizer), prefix=prefix, model=teacher_model, unpadded_forward=False),
-        batch,
     )
+    sizes = [model.config.get_text_config().hidden_size for model in (student_model, teacher_model)]
+    if projectors_path is None:
+        projectors = DWAKDProjectors(*sizes)
+        fit_on_rows(projectors, sides, student_tokenizer, teacher_tokenizer, args)
+    else:
+        state = load_file(str(projectors_path))
+        projectors = DWAKDProjectors(*sizes, embedding_projector="embed_t2s.weight" in state)
+        try:
+            projectors.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"--projectors {projectors_path} do not fit this student and teacher: {error}") from None
+    student, teacher_side = example_sides(*sides, batch)
     projectors.to(student.hidden.device)
     with torch.no_grad():
         return alignment_numbers(
@@ -166,6 +196,32 @@ def _teacher_numbers(student_model, student_tokenizer, teacher, teacher_tokenize
             response_tokens(student, student_tokenizer),
             response_tokens(teacher_side, teacher_tokenizer),
         )
+
+
+def fit_on_rows(projectors, sides, student_tokenizer, teacher_tokenizer, args, batch_size=4):
+    """Fit `projectors` as `projector_init="aligned"` does, on the first `--fit_rows` rows of `--fit_projectors`,
+    with the default ridge of `DWAKDConfig`; `sides` are the student's and the teacher's `ModelSide`s."""
+    from datasets import Dataset
+
+    from ..config import DWAKDConfig
+    from ..data import DistillationCollator, prepare_distillation_dataset
+    from ..evaluation.benchmarks import read_jsonl
+    from ..projector_init import TokenBytes, fit_aligned_projectors
+    from .example import example_sides
+
+    rows = read_jsonl(args.fit_projectors)[: args.fit_rows]
+    prepared = prepare_distillation_dataset(
+        Dataset.from_list(rows), student_tokenizer, teacher_tokenizer, args.max_length, args.max_prompt_length
+    )
+    collate = DistillationCollator(student_tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)
+    batches = (
+        example_sides(*sides, collate([prepared[i] for i in range(start, min(start + batch_size, len(prepared)))]))
+        for start in range(0, len(prepared), batch_size)
+    )
+    projectors.to(next(sides[0].model.parameters()).device)
+    ridge = DWAKDConfig.__dataclass_fields__["projector_init_ridge"].default
+    bytes_ = [TokenBytes.from_tokenizer(tokenizer) for tokenizer in (student_tokenizer, teacher_tokenizer)]
+    return fit_aligned_projectors(projectors, batches, *bytes_, ridge=ridge)
 
 
 def _data_row(path, index):

@@ -15,7 +15,7 @@ from hf_dwakd.objective.weights import (
     student_weights,
     teacher_raw_weights,
 )
-from hf_dwakd.projectors import DWAKDProjectors
+from hf_dwakd.projectors import PROJECTOR_FIELDS, DWAKDProjectors
 from hf_dwakd.registry import DistillationMethod, LossContext, register_method
 
 # Which lambda multiplies each summed term.
@@ -168,7 +168,7 @@ register_method(
             "alignment_plot_steps",
             "dtw_gamma_end",
             "dtw_gamma_anneal_steps",
-            "projector_learning_rate",
+            *PROJECTOR_FIELDS,
         ),
         needs_projectors=True,
         embedding_projector=lambda args: args.loss_options().uses_dtw and args.use_dtw_embed,
