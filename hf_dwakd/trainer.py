@@ -21,11 +21,12 @@ from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from .config import DWAKDConfig
-from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .data import PROMPT_COLUMN, DistillationCollator, check_dataset_columns, prepare_distillation_dataset
 from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
 from .objective import shift_for_next_token
 from .objective.outputs import no_logit_positions
+from .on_policy import METRIC_PREFIXES, SAMPLED_BY, STUDENT, TEACHER, ResponseSampler
 from .projectors import DWAKDProjectors
 from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
@@ -132,7 +133,7 @@ class DWAKDTrainer(SFTTrainer):
             max_prompt_length=args.max_prompt_length,
             num_proc=args.dataset_num_proc,
         )
-        train_dataset = prepare_distillation_dataset(train_dataset, **prepare)
+        train_dataset = prepare_distillation_dataset(train_dataset, **prepare, keep_prompts=args.samples_responses)
         if isinstance(eval_dataset, dict):
             eval_dataset = {key: prepare_distillation_dataset(ds, **prepare) for key, ds in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -199,6 +200,9 @@ class DWAKDTrainer(SFTTrainer):
             self.aligner = self.distillation_method.build_aligner(args, student_tokenizer, teacher_tokenizer)
         if args.alignment_plot_steps:
             self.add_callback(AlignmentPlotCallback(self))
+        self.response_sampler = None  # set when some steps train on sampled responses (`lmbda`, `seq_kd`)
+        if args.samples_responses:
+            self.response_sampler = ResponseSampler(args, student_tokenizer, teacher_tokenizer, self.data_collator)
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -237,6 +241,8 @@ class DWAKDTrainer(SFTTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = list(DISTILLATION_COLUMNS)
+            if self.args.samples_responses:
+                self._signature_columns.append(PROMPT_COLUMN)
 
     def create_optimizer(self, model=None):
         """TRL/Trainer's optimizer, with the projectors moved into their own group at `projector_learning_rate`."""
@@ -256,6 +262,24 @@ class DWAKDTrainer(SFTTrainer):
             }
         )
         return optimizer
+
+    # ---- on-policy steps ---------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Trainer's micro-batches of one optimizer step; on a sampling step (`hf_dwakd.on_policy`) rebuilt from
+        sampled responses before the step's response tokens are counted for `num_items_in_batch`."""
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.response_sampler is None or not batches:
+            return batches, num_items_in_batch
+        models = {STUDENT: self.model_wrapped, TEACHER: self.teacher_model}
+        batches, record = self.response_sampler.step_batches(
+            batches, self.state.global_step, models, self.accelerator
+        )
+        if record.sampled_by is not None:
+            num_items_in_batch = self._get_num_items_in_batch(batches, device)
+        step_metrics = {key: torch.tensor(value, device=device) for key, value in record.metrics().items()}
+        self._record_metrics("train", step_metrics, None)
+        return batches, num_items_in_batch
 
     # ---- loss --------------------------------------------------------------------------------------------------
 
@@ -284,8 +308,9 @@ class DWAKDTrainer(SFTTrainer):
                     self.teacher_vocab_size,
                     "teacher",
                 )
+        sampled_by = inputs.get(SAMPLED_BY)
         loss, metrics = distillation_loss(
-            self.args,
+            self.args if self.response_sampler is None else self.response_sampler.loss_args(inputs),
             student,
             teacher,
             num_items_in_batch,
@@ -299,7 +324,9 @@ class DWAKDTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             scale = self.accelerator.num_processes
         loss = loss * scale
-        self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
+        # Batches of sampled responses log their components apart, under the sampling model's prefix.
+        prefix = METRIC_PREFIXES.get(sampled_by, "")
+        self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None, prefix)
         if "dtw_hidden" in metrics or "dtw_embed" in metrics:
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
         if self.args.kd_warmup_steps > 0:
@@ -395,7 +422,7 @@ class DWAKDTrainer(SFTTrainer):
                 return weight.detach().clone()
         return weight
 
-    def _record_metrics(self, mode, metrics, token_sum_scale):
+    def _record_metrics(self, mode, metrics, token_sum_scale, prefix=""):
         """Queue each component for `log()`: averaged over the logging window and across processes.
 
         A token-sum component of one micro-batch is a share of its optimizer step's value; scaling it by the number
@@ -412,7 +439,7 @@ class DWAKDTrainer(SFTTrainer):
         # One gather and one host sync for all components, instead of one per component.
         gathered = self.accelerator.gather_for_metrics(values.unsqueeze(0)).mean(dim=0)
         for key, value in zip(metrics, gathered.tolist()):
-            self._metrics[mode][key].append(value)
+            self._metrics[mode][f"{prefix}{key}"].append(value)
 
     # ---- saving and loading ------------------------------------------------------------------------------------
 

@@ -7,13 +7,16 @@ from ..objective.outputs import IGNORE_INDEX
 
 # A teacher cache's column (`teacher_cache.store`): each row's (response positions, d) teacher states.
 TEACHER_HIDDEN_COLUMN = "teacher_hidden"
+# The prompts kept for on-policy sampling (`prepare_distillation_dataset(keep_prompts=True)`), passed as a list.
+PROMPT_COLUMN = "prompt"
 
 
 class DistillationCollator:
     """Right-pads each side to its longest row (rounded up to `pad_to_multiple_of`); labels pad with -100.
 
     Rows read from a teacher cache also hold `teacher_hidden` arrays (n_i, d): they are stacked into one
-    (B, max n_i, d) tensor, zero-padded, in their stored dtype.
+    (B, max n_i, d) tensor, zero-padded, in their stored dtype. Rows that kept their `prompt` pass the prompts on
+    as a list (strings or chat messages), for on-policy sampling.
     """
 
     def __init__(self, student_pad_token_id, teacher_pad_token_id, pad_to_multiple_of=None):
@@ -35,6 +38,8 @@ class DistillationCollator:
         if TEACHER_HIDDEN_COLUMN in rows[0]:
             states = [torch.as_tensor(row[TEACHER_HIDDEN_COLUMN]) for row in rows]
             batch[TEACHER_HIDDEN_COLUMN] = pad_sequence(states, batch_first=True)
+        if PROMPT_COLUMN in rows[0]:
+            batch[PROMPT_COLUMN] = [row[PROMPT_COLUMN] for row in rows]
         return batch
 
     def _pad_side(self, rows, prefix, pad_id):

@@ -7,7 +7,9 @@ from functools import partial
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from .collator import PROMPT_COLUMN
 from .formats import (
+    Text,
     check_dataset_columns,
     is_conversational,
     is_empty,
@@ -35,6 +37,7 @@ def prepare_distillation_dataset(
     max_length: int = 512,
     max_prompt_length: int = 256,
     num_proc: int | None = None,
+    keep_prompts: bool = False,
 ) -> Dataset:
     """Tokenize every row for both models; see `check_dataset_columns` for the formats read.
 
@@ -50,6 +53,8 @@ def prepare_distillation_dataset(
       Rows whose two sides read the same text are cut at the same characters (see `truncation`).
     - Rows with an empty completion, or with no response token left after truncation, are dropped and counted in
       one warning; a `ValueError` is raised when no row is left.
+    - `keep_prompts`: also keep each row's prompt, as `split_row` reads it, in a column `prompt` (on-policy
+      sampling starts from it; `encode_example` then builds the sampled rows).
     """
     data_format = check_dataset_columns(dataset.column_names)
     if len(dataset) == 0:
@@ -69,6 +74,7 @@ def prepare_distillation_dataset(
         tokenizers=(student_tokenizer, teacher_tokenizer),
         max_length=max_length,
         max_prompt_length=max_prompt_length,
+        keep_prompts=keep_prompts,
     )
     encoded = dataset.map(
         encode,
@@ -109,37 +115,50 @@ def _check_tokenizer(tokenizer, side, conversational):
         )
 
 
-def _encode_row(row, index, data_format, tokenizers, max_length, max_prompt_length):
-    prompt, completion = split_row(row, data_format, index)
+def encode_example(
+    prompt: Text,
+    completion: Text,
+    tokenizers: tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase],
+    max_length: int,
+    max_prompt_length: int,
+    index: int = 0,
+    open_ended: bool = False,
+) -> tuple[dict[str, list[int]] | None, str]:
+    """`(columns, drop_reason)` of one prompt and completion for the (student, teacher) tokenizers: the columns of
+    `prepare_distillation_dataset`, or None and the reason the row is dropped. `open_ended`: the completion was
+    cut (no EOS, no closing chat markup; see `RenderedExample`)."""
     if is_empty(completion):
-        return _dropped(EMPTY_COMPLETION)
+        return None, EMPTY_COMPLETION
     if isinstance(prompt, str):
-        example = render_strings(prompt, completion)
+        example = render_strings(prompt, completion, open_ended)
         sides = [tokenize_side(tokenizer, example) for tokenizer in tokenizers]
         window = choose_window(sides, max_length, max_prompt_length)
         windows = [window, window]
     else:
         # Each side renders its own template, so each is cut on its own.
         sides = [
-            tokenize_side(tokenizer, render_conversation(prompt, completion, tokenizer, side, index))
+            tokenize_side(tokenizer, render_conversation(prompt, completion, tokenizer, side, index, open_ended))
             for tokenizer, side in zip(tokenizers, ("student", "teacher"))
         ]
         windows = [choose_window([side], max_length, max_prompt_length) for side in sides]
     if None in windows:
-        return _dropped(TRUNCATED_AWAY)
+        return None, TRUNCATED_AWAY
 
-    columns = {_DROP_COLUMN: ""}
+    columns = {}
     for prefix, side, window in zip(_SIDES, sides, windows):
         input_ids, labels = keep_window(side, window)
         columns[f"{prefix}input_ids"] = input_ids
         columns[f"{prefix}attention_mask"] = [1] * len(input_ids)
         columns[f"{prefix}labels"] = labels
-    return columns
+    return columns, ""
 
 
-def _dropped(reason):
-    columns = {_DROP_COLUMN: reason}
-    for prefix in _SIDES:
-        for name in ("input_ids", "attention_mask", "labels"):
-            columns[f"{prefix}{name}"] = []
+def _encode_row(row, index, data_format, tokenizers, max_length, max_prompt_length, keep_prompts):
+    prompt, completion = split_row(row, data_format, index)
+    columns, reason = encode_example(prompt, completion, tokenizers, max_length, max_prompt_length, index)
+    if columns is None:
+        columns = {f"{prefix}{name}": [] for prefix in _SIDES for name in ("input_ids", "attention_mask", "labels")}
+    columns[_DROP_COLUMN] = reason
+    if keep_prompts:
+        columns[PROMPT_COLUMN] = prompt
     return columns
