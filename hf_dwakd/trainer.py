@@ -272,9 +272,7 @@ class DWAKDTrainer(SFTTrainer):
         if self.response_sampler is None or not batches:
             return batches, num_items_in_batch
         models = {STUDENT: self.model_wrapped, TEACHER: self.teacher_model}
-        batches, record = self.response_sampler.step_batches(
-            batches, self.state.global_step, models, self.accelerator
-        )
+        batches, record = self.response_sampler.step_batches(batches, self.state.global_step, models, self.accelerator)
         if record.sampled_by is not None:
             num_items_in_batch = self._get_num_items_in_batch(batches, device)
         step_metrics = {key: torch.tensor(value, device=device) for key, value in record.metrics().items()}

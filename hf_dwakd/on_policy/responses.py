@@ -104,7 +104,9 @@ class ResponseSampler:
             record.responses += 1
             record.tokens += response.num_tokens
             record.unfinished += not response.finished
-            completion = response.text if isinstance(prompt, str) else [{"role": "assistant", "content": response.text}]
+            completion = (
+                response.text if isinstance(prompt, str) else [{"role": "assistant", "content": response.text}]
+            )
             columns, reason = encode_example(
                 prompt,
                 completion,
