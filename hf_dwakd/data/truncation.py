@@ -19,7 +19,9 @@ def choose_window(sides: list[SideTokens], max_length: int, max_prompt_length: i
     completion_start = sides[0].completion_start
     text_length = sides[0].text_length
     prompt_lengths = [int((~side.is_response).sum()) for side in sides]
-    if all(length <= max_prompt_length and len(side.ids) <= max_length for side, length in zip(sides, prompt_lengths)):
+    if all(
+        length <= max_prompt_length and len(side.ids) <= max_length for side, length in zip(sides, prompt_lengths)
+    ):
         return completion_start, text_length
 
     cuts = np.flatnonzero(np.logical_and.reduce([_cut_positions(side) for side in sides]))
