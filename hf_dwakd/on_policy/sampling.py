@@ -85,9 +85,20 @@ def sample_responses(
 
     eos_ids = set(config.eos_token_id)
     responses = []
-    for completion in sequences[:, width:].tolist():
+    for row, completion in zip(rows, sequences[:, width:].tolist()):
         stop = next((position for position, token in enumerate(completion) if token in eos_ids), None)
         kept = completion if stop is None else completion[:stop]
-        text = tokenizer.decode(kept, skip_special_tokens=True)
+        text = continuation_text(tokenizer, row, kept)
         responses.append(SampledResponse(text, finished=stop is not None, num_tokens=len(kept) + (stop is not None)))
     return responses, seconds
+
+
+def continuation_text(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int], completion_ids: list[int]) -> str:
+    """The text `completion_ids` add after `prompt_ids`. Decoded in context: alone, a SentencePiece tokenizer
+    would drop the space its first token starts with (Llama's "▁Blue" decodes to "Blue")."""
+    options = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    prompt_text = tokenizer.decode(prompt_ids, **options)
+    full_text = tokenizer.decode(prompt_ids + completion_ids, **options)
+    if full_text.startswith(prompt_text):
+        return full_text[len(prompt_text) :]
+    return tokenizer.decode(completion_ids, **options)
