@@ -1,4 +1,5 @@
-"""Two training processes (torchrun, gloo) behave like one process with gradient accumulation 2.
+"""Two training processes (torchrun, gloo) behave like one process with gradient accumulation 2, off-policy and
+on-policy (`lmbda=1`: the samples are seeded per step and batch position, so both runs sample the same responses).
 
 The test builds two tiny dropout-free models (the fixture tokenizers, GPT-2 student, Llama teacher) and a small
 DSKD-format file, then runs this file as a script: `hf_dwakd.scripts.train`'s pipeline in each process, which writes
@@ -18,6 +19,13 @@ from safetensors.torch import load_file, save_file
 from testing_utils import load_tokenizer, tiny_causal_lm
 
 COMPONENTS = ["loss", "ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed", "grad_norm"]
+ON_POLICY_COMPONENTS = [
+    "loss",
+    "on_policy",
+    "sampled_tokens",
+    *(f"on_policy_{key}" for key in ("kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed")),
+    "grad_norm",
+]
 ROWS = [
     ("Name three primary colours.", "Red, yellow and blue."),
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -88,20 +96,27 @@ def run(command, output_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path):
+@pytest.mark.parametrize(
+    "overrides, components",
+    [({}, COMPONENTS), ({"lmbda": 1.0, "max_new_tokens": 8}, ON_POLICY_COMPONENTS)],
+    ids=["off_policy", "on_policy"],
+)
+def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path, overrides, components):
     write_inputs(tmp_path)
     script = str(Path(__file__).resolve())
     two = tmp_path / "two_processes"
     one = tmp_path / "one_process"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two_history = run([*torchrun, script, *train_arguments(tmp_path, two, ddp_backend="gloo")], two)
-    one_history = run([sys.executable, script, *train_arguments(tmp_path, one, gradient_accumulation_steps=2)], one)
+    two_arguments = train_arguments(tmp_path, two, ddp_backend="gloo", **overrides)
+    one_arguments = train_arguments(tmp_path, one, gradient_accumulation_steps=2, **overrides)
+    two_history = run([*torchrun, script, *two_arguments], two)
+    one_history = run([sys.executable, script, *one_arguments], one)
 
     assert two_history[0]["world_size"] == 2 and one_history[0]["world_size"] == 1
     two_logs = [entry for entry in two_history if "loss" in entry]
     one_logs = [entry for entry in one_history if "loss" in entry]
     assert len(two_logs) == len(one_logs) == 2
-    for key in COMPONENTS:
+    for key in components:
         assert [e[key] for e in two_logs] == pytest.approx([e[key] for e in one_logs], rel=1e-5, abs=1e-7), key
 
     rank0, rank1 = (load_file(two / f"projectors_rank{rank}.safetensors") for rank in (0, 1))
