@@ -250,3 +250,21 @@ def test_training_logs_the_on_policy_share_and_resumes_the_same_draws(tmp_path):
     for entry, original in zip(resumed_logs, logs[2:]):
         assert entry["loss"] == pytest.approx(original["loss"], abs=1e-6)
         assert entry.get("sampled_tokens") == original.get("sampled_tokens")
+
+
+@pytest.mark.parametrize("kd_method", ["dwakd", "dskd", "uld", "mined", "multilevel_ot"])
+def test_every_method_with_a_teacher_trains_on_policy(tmp_path, kd_method):
+    trainer = make_trainer(tmp_path, kd_method=kd_method, lmbda=1.0, max_new_tokens=4, max_steps=1)
+    start = clone_parameters(trainer.model)
+    trainer.train()
+    (entry,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert entry["on_policy"] == 1.0 and entry["sampled_tokens"] > 0
+    assert any(key.startswith("on_policy_kd") for key in entry), entry
+    assert any(not torch.equal(value, trainer.model.state_dict()[name]) for name, value in start.items())
+
+
+def test_seq_kd_trains_on_the_teachers_samples(tmp_path):
+    trainer = make_trainer(tmp_path, seq_kd=True, max_new_tokens=4, max_steps=1)
+    trainer.train()
+    (entry,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert entry["on_policy"] == 0.0 and entry["sampled_tokens"] > 0 and "seq_kd_ce" in entry
