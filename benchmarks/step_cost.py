@@ -61,6 +61,8 @@ DEMO_DIRECTIONS = {
     "gemma-3-270m <- smollm2-135m-instruct": ("gemma-3-270m", "smollm2-135m-instruct"),
     "smollm2-135m-instruct <- gemma-3-270m": ("smollm2-135m-instruct", "gemma-3-270m"),
     "smollm2-135m-instruct <- gemma-3-1b-random": ("smollm2-135m-instruct", "gemma-3-1b-random"),
+    # The quality benchmark's pair (issue M): a 1.5B teacher whose decoder is most of it.
+    "smollm2-135m-instruct <- qwen2.5-coder-1.5b-instruct": ("smollm2-135m-instruct", "qwen2.5-coder-1.5b-instruct"),
 }
 # Not a demo model: Gemma-3-1B's sizes (from its released config) on Gemma-3-270M's config and tokenizer, with random
 # weights. Its decoder layers, not its vocabulary, hold most of its 1.0B parameters, as in the paper's teachers.

