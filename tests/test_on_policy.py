@@ -3,11 +3,22 @@ odd samples are handled, that lmbda=0 changes nothing, and that a resumed run dr
 
 import pytest
 import torch
+from datasets import Dataset
 
-from hf_dwakd.data import PROMPT_COLUMN
+from hf_dwakd import DWAKDTrainer
+from hf_dwakd.data import PROMPT_COLUMN, prepare_distillation_dataset
 from hf_dwakd.on_policy import SAMPLED_BY, STUDENT, TEACHER, is_on_policy_step, sampling_seed
 
-from testing_utils import clone_parameters, make_config, make_trainer
+from testing_utils import (
+    CHATML,
+    INST,
+    ROWS,
+    clone_parameters,
+    load_tokenizer,
+    make_config,
+    make_trainer,
+    tiny_causal_lm,
+)
 
 
 def first_batch(trainer):
@@ -188,6 +199,46 @@ def test_odd_samples_are_handled_like_dataset_rows(tmp_path):
         for row, prompt in enumerate(prompts):
             ids, mask = sampled[f"{prefix}input_ids"][row], sampled[f"{prefix}attention_mask"][row]
             assert decoded(side_tokenizer, ids, mask) == prompt + " Blue, like", prefix
+
+
+def test_sampled_chat_rows_are_the_rows_the_pipeline_builds_from_the_same_messages(tmp_path):
+    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer.chat_template, teacher_tokenizer.chat_template = CHATML, INST
+    rows = [
+        {"prompt": [{"role": "user", "content": row["prompt"]}], "completion": [{"role": "assistant", "content": "x"}]}
+        for row in ROWS
+    ]
+    trainer = DWAKDTrainer(
+        model=tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1),
+        teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, seed=2),
+        args=make_config(tmp_path, lmbda=1.0, max_new_tokens=8),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=student_tokenizer,
+        teacher_processing_class=teacher_tokenizer,
+    )
+    eos = student_tokenizer.eos_token_id
+    answer = student_tokenizer(" Blue.")["input_ids"]
+    _, sampled, record = scripted_step(trainer, [answer + [eos], answer + student_tokenizer(" Sky")["input_ids"]])
+    assert record.unfinished == 1 and record.dropped == 0
+
+    # The finished sample: exactly the row the pipeline builds for that answer as the assistant's message.
+    expected = prepare_distillation_dataset(
+        Dataset.from_list([{**rows[0], "completion": [{"role": "assistant", "content": " Blue."}]}]),
+        student_tokenizer,
+        teacher_tokenizer,
+        max_length=64,
+        max_prompt_length=32,
+    )[0]
+    for prefix in ("", "teacher_"):
+        length = int(sampled[f"{prefix}attention_mask"][0].sum())
+        for name in ("input_ids", "labels"):
+            assert sampled[f"{prefix}{name}"][0, :length].tolist() == expected[f"{prefix}{name}"], prefix + name
+    # The open-ended one stops after its text on both sides: no closing markup, no EOS.
+    for prefix, tokenizer in (("", student_tokenizer), ("teacher_", teacher_tokenizer)):
+        length = int(sampled[f"{prefix}attention_mask"][1].sum())
+        text = tokenizer.decode(sampled[f"{prefix}input_ids"][1, :length])
+        assert text.endswith("Blue. Sky"), (prefix, text)
+        assert sampled[f"{prefix}labels"][1, length - 1].item() != tokenizer.eos_token_id
 
 
 def test_a_micro_batch_whose_every_sample_is_dropped_keeps_its_dataset_rows(tmp_path):
