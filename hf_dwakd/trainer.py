@@ -22,15 +22,17 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 
 from .config import DWAKDConfig
 from .data import PROMPT_COLUMN, DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .fsdp2 import gathered_roots, load_full_state, shard_teacher
 from .inspection import AlignmentPlotCallback
 from .methods import distillation_loss
+from .model_card import complete_trainer_card, read_card
 from .objective import shift_for_next_token
 from .objective.outputs import no_logit_positions
 from .on_policy import METRIC_PREFIXES, SAMPLED_BY, STUDENT, TEACHER, ResponseSampler
 from .projectors import DWAKDProjectors
 from .registry import get_method
 from .teacher_cache import LightTeacher, cached_teacher_outputs, load_light_teacher
-from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, split_names
+from .teacher_cache.store import check_cache_matches, describe_run, join_cached_states, read_metadata, split_names
 from .unpadded import repadded, unpadded_forward_matches, unpadded_inputs
 
 PROJECTORS_NAME = "projectors.safetensors"
@@ -212,7 +214,7 @@ class DWAKDTrainer(SFTTrainer):
             return prepare_deepspeed(teacher_model, self.accelerator)
         if self.is_fsdp_enabled:
             if self.accelerator.state.fsdp_plugin.fsdp_version == 2:
-                _shard_each_layer(teacher_model)
+                return shard_teacher(teacher_model, self.accelerator)
             return prepare_fsdp(teacher_model, self.accelerator)
         return self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
@@ -280,6 +282,14 @@ class DWAKDTrainer(SFTTrainer):
         return batches, num_items_in_batch
 
     # ---- loss --------------------------------------------------------------------------------------------------
+
+    def training_step(self, model, *args, **kwargs):
+        with gathered_roots(model, self.teacher_model):  # the losses read root parameters after the forwards
+            return super().training_step(model, *args, **kwargs)
+
+    def prediction_step(self, model, *args, **kwargs):
+        with gathered_roots(model, self.teacher_model):
+            return super().prediction_step(model, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -398,11 +408,17 @@ class DWAKDTrainer(SFTTrainer):
         return False
 
     def _output_layer(self, module):
-        """`module` on hidden rows under the mixed-precision autocast that the prepared model's forward uses."""
+        """`module` on hidden rows under the mixed-precision autocast that the prepared model's forward uses.
+
+        Under FSDP2 its forward runs without the module's hooks, which are FSDP's: called again after the model's
+        forward, they would start a new pass of its unit, which then reshards in the middle of the backward. Its
+        weights are gathered there already (`gathered_roots`; accelerate's output-layer unit waits for the backward).
+        """
+        forward = module.forward if self.accelerator.is_fsdp2 else module
 
         def output_layer(rows):
             with self.accelerator.autocast():
-                return module(rows)
+                return forward(rows)
 
         return output_layer
 
@@ -477,15 +493,22 @@ class DWAKDTrainer(SFTTrainer):
                 f"{path} is missing: this checkpoint holds no projectors, so resuming would restart them from random. "
                 "Resume from a checkpoint written by DWAKDTrainer."
             )
-        self.projectors.load_state_dict(load_file(path, device=str(next(self.projectors.parameters()).device)))
+        load_full_state(self.projectors, load_file(path, device=str(next(self.projectors.parameters()).device)))
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's card, naming the teacher, with the scores an earlier `hf-dwakd evaluate --update_model_card` wrote
+        into this folder's card (TRL writes a new card over it)."""
+        earlier = read_card(self.args.output_dir) if self.is_world_process_zero() else None
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        if self.teacher_model is None or not self.is_world_process_zero():
-            return
-        teacher_name = self.accelerator.unwrap_model(self.teacher_model).config._name_or_path
-        with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as card:
-            card.write(f"\n## Teacher\n\nDistilled with DWA-KD from the teacher model `{teacher_name}`.\n")
+        if self.is_world_process_zero():
+            complete_trainer_card(self.args.output_dir, earlier, self._teacher_name(), self.args.kd_method)
+
+    def _teacher_name(self):
+        if self.cached_teacher is not None:  # the name the cache was built from
+            return read_metadata(self.args.teacher_cache_dir)["teacher_name_or_path"]
+        if self.teacher_model is not None:
+            return self.accelerator.unwrap_model(self.teacher_model).config._name_or_path
+        return None
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
@@ -517,20 +540,6 @@ def _reproduces_logits(output_layer, hidden_rows, logits):
         return False
     tolerance = 1e-4 if hidden_rows.dtype == torch.float32 and rows.dtype == torch.float32 else 2e-2
     return bool((rows - logits).abs().max() <= tolerance * logits.abs().max().clamp(min=1))
-
-
-def _shard_each_layer(model):
-    """FSDP2-shard every decoder layer of a model that only runs forwards.
-
-    TRL's `prepare_fsdp` shards the root alone, and a root never reshards after a forward without backward, so
-    the whole teacher would stay gathered on every GPU; sharded layer by layer, only the root's own weights do.
-    """
-    from torch.distributed.fsdp import fully_shard
-
-    layer_classes = set(model._no_split_modules or [])
-    for module in model.modules():
-        if type(module).__name__ in layer_classes:
-            fully_shard(module)
 
 
 def _with_cached_states(args, teacher_model, teacher_tokenizer, train_dataset, eval_dataset):

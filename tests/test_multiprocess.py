@@ -1,8 +1,9 @@
-"""Two training processes (torchrun, gloo) behave like one process with gradient accumulation 2, off-policy and
-on-policy (`lmbda=1`: the samples are seeded per step and batch position, so both runs sample the same responses).
+"""Two training processes (gloo) behave like one process with gradient accumulation 2: under DDP (torchrun),
+off-policy and on-policy (`lmbda=1`: the samples are seeded per step and batch position, so both runs sample the
+same responses), and under FSDP2 (`accelerate launch` with `recipes/accelerate/fsdp2.yaml`).
 
-The test builds two tiny dropout-free models (the fixture tokenizers, GPT-2 student, Llama teacher) and a small
-DSKD-format file, then runs this file as a script: `hf_dwakd.scripts.train`'s pipeline in each process, which writes
+The tests build two tiny dropout-free models (the fixture tokenizers, GPT-2 student, Llama teacher) and a small
+DSKD-format file, then run this file as a script: `hf_dwakd.scripts.train`'s pipeline in each process, which writes
 its rank's projector weights and the logged history.
 """
 
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+from hf_dwakd.trainer import PROJECTORS_NAME
 
 from testing_utils import load_tokenizer, tiny_causal_lm
 
@@ -128,27 +131,147 @@ def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_pat
         assert not torch.equal(value, initial[name]), name  # the projectors did train
 
 
+@pytest.mark.slow
+def test_fsdp2_shards_both_models_and_trains_like_one_process_with_accumulation(tmp_path):
+    """Two CPU processes launched by `accelerate launch --config_file recipes/accelerate/fsdp2.yaml` (mixed
+    precision off, which a CPU comparison needs), against one process with accumulation 2.
+
+    accelerate enables FSDP for GPU-like devices only: on CPU it turns the launch into plain multi-CPU data
+    parallelism. The worker keeps the FSDP plugin that the recipe's environment built (`allow_fsdp_on_cpu`), so
+    from the `Accelerator` on the run takes the trainer's FSDP2 path: accelerate's `fully_shard` of the student
+    per decoder layer, the trainer's sharding of the teacher, FSDP's full-state-dict checkpoints. The run saves a
+    checkpoint at step 2 and the worker then resumes a new trainer from it, which restores the projectors.
+    """
+    write_inputs(tmp_path)
+    script = str(Path(__file__).resolve())
+    two, one = tmp_path / "fsdp2", tmp_path / "one_process"
+    steps = dict(max_steps=3, save_strategy="steps", save_steps=2)
+    launch = [
+        *[sys.executable, "-m", "accelerate.commands.launch", "--config_file"],
+        *[str(REPOSITORY / "recipes" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2"],
+        *["--mixed_precision", "no", "--main_process_port", "0"],
+    ]
+    two_history = run(
+        [*launch, script, "--then_resume_from", "checkpoint-2", *train_arguments(tmp_path, two, **steps)], two
+    )
+    one_history = run(
+        [sys.executable, script, *train_arguments(tmp_path, one, gradient_accumulation_steps=2, **steps)], one
+    )
+
+    sharding = json.loads((two / "sharding.json").read_text())
+    assert sharding["student"]["decoder_layers"] == sharding["teacher"]["decoder_layers"] == 1
+    for role in ("student", "teacher"):
+        # Every parameter is split between the two processes: each holds part of it.
+        assert sharding[role]["parameters"] > 0 and sharding[role]["whole_on_a_rank"] == 0, (role, sharding[role])
+    assert two_history[0]["world_size"] == 2
+    two_logs = [entry for entry in two_history if "loss" in entry]
+    one_logs = [entry for entry in one_history if "loss" in entry]
+    assert len(two_logs) == len(one_logs) == 3
+    for key in COMPONENTS:
+        assert [e[key] for e in two_logs] == pytest.approx([e[key] for e in one_logs], rel=1e-5, abs=1e-7), key
+
+    single = load_file(one / "projectors_rank0.safetensors")
+    saved = load_file(two / "checkpoint-2" / PROJECTORS_NAME)
+    single_saved = load_file(one / "checkpoint-2" / PROJECTORS_NAME)
+    resumed_history = json.loads((two / "log_history_resumed.json").read_text())
+    resumed_logs = [entry for entry in resumed_history if "loss" in entry]
+    assert [entry["step"] for entry in resumed_logs] == [1, 2, 3]  # the checkpoint's history, then step 3
+    assert resumed_logs[2]["loss"] == pytest.approx(two_logs[2]["loss"], rel=1e-5, abs=1e-7)
+    for rank in (0, 1):
+        trained = load_file(two / f"projectors_rank{rank}.safetensors")
+        resumed = load_file(two / f"projectors_resumed_rank{rank}.safetensors")
+        for name, value in single.items():
+            torch.testing.assert_close(trained[name], value, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(saved[name], single_saved[name], rtol=1e-5, atol=1e-7)
+
+
+def allow_fsdp_on_cpu():
+    """Keep the FSDP plugin that `accelerate launch` configured when the processes run on CPU.
+
+    `AcceleratorState` turns FSDP on only for GPU-like distributed types; with `cpu=True` it settles on
+    `MULTI_CPU` and drops the plugin. FSDP2 itself runs on CPU over gloo, so this re-enables it there.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original_init = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    AcceleratorState.__init__ = init
+
+
 def worker(argv):
-    """Train with the CLI's pipeline; write this rank's projectors, and the log history from rank 0."""
+    """Train with the CLI's pipeline; write this rank's projectors, and the log history from rank 0.
+
+    `--then_resume_from CHECKPOINT` (first): then resume a new trainer from that checkpoint of the run and write its
+    projectors and log history too.
+    """
     from hf_dwakd.scripts.train import build_trainer, load_train_datasets, parse_train_arguments
 
+    resume_from = None
+    if argv[:1] == ["--then_resume_from"]:
+        resume_from, argv = argv[1], argv[2:]
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        allow_fsdp_on_cpu()
     script_args, training_args, model_args = parse_train_arguments(argv)
-    trainer = build_trainer(training_args, model_args, load_train_datasets(script_args, training_args))
+    datasets = load_train_datasets(script_args, training_args)
+    trainer = build_trainer(training_args, model_args, datasets)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rank = trainer.accelerator.process_index
     if rank == 0:
         save_file(_state(trainer), output_dir / "projectors_initial.safetensors")
     trainer.train()
-    save_file(_state(trainer), output_dir / f"projectors_rank{rank}.safetensors")
-    if rank == 0:
-        history = [{"world_size": trainer.accelerator.num_processes}, *trainer.state.log_history]
-        (output_dir / "log_history.json").write_text(json.dumps(history))
+    _write_results(trainer, output_dir, "")
+    if trainer.is_fsdp_enabled and rank == 0:
+        sharding = {"student": _sharding(trainer.model), "teacher": _sharding(trainer.teacher_model)}
+        (output_dir / "sharding.json").write_text(json.dumps(sharding))
+    if resume_from is not None:
+        resumed = build_trainer(training_args, model_args, datasets)
+        resumed.train(resume_from_checkpoint=str(output_dir / resume_from))
+        _write_results(resumed, output_dir, "_resumed")
     trainer.accelerator.wait_for_everyone()
 
 
+def _write_results(trainer, output_dir, suffix):
+    rank = trainer.accelerator.process_index
+    save_file(_state(trainer), output_dir / f"projectors{suffix}_rank{rank}.safetensors")
+    if rank == 0:
+        history = [{"world_size": trainer.accelerator.num_processes}, *trainer.state.log_history]
+        (output_dir / f"log_history{suffix}.json").write_text(json.dumps(history))
+
+
+def _sharding(model):
+    """How a prepared model is split: its decoder layers that are FSDP2 units, and its parameters held whole on
+    this rank."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    parameters = [p for name, p in model.named_parameters() if "dwakd_projectors" not in name]
+    layer_classes = set(model._no_split_modules)
+    return {
+        "decoder_layers": sum(
+            isinstance(m, FSDPModule) and any(base.__name__ in layer_classes for base in type(m).__mro__)
+            for m in model.modules()
+        ),
+        "parameters": len(parameters),
+        "whole_on_a_rank": sum(not isinstance(p, DTensor) or p.to_local().numel() == p.numel() for p in parameters),
+    }
+
+
 def _state(trainer):
-    return {name: value.detach().cpu().contiguous() for name, value in trainer.projectors.state_dict().items()}
+    """The projectors' full weights (gathered from every rank under FSDP2)."""
+    from torch.distributed.tensor import DTensor
+
+    state = trainer.projectors.state_dict()
+    state = {name: value.full_tensor() if isinstance(value, DTensor) else value for name, value in state.items()}
+    return {name: value.detach().cpu().contiguous() for name, value in state.items()}
 
 
 if __name__ == "__main__":

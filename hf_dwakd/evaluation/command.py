@@ -1,7 +1,7 @@
 """`hf-dwakd evaluate`: ROUGE-L of one model on the instruction benchmarks, over several seeds.
 
     hf-dwakd evaluate --model_name_or_path PATH [--adapter PATH] --benchmarks dolly,self-inst,vicuna,sinst \\
-        --data_dir DIR --seeds 5 --output_dir DIR [--max_examples N]
+        --data_dir DIR --seeds 5 --output_dir DIR [--max_examples N] [--update_model_card]
 
 Run it under `accelerate launch` to split the prompts across processes. Every input is checked (benchmark
 files, tokenizer, model, adapter, chat template) before the first token is generated.
@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from .benchmarks import BENCHMARKS, load_benchmark, parse_benchmark_names
 from .generation import TEMPERATURE, TOP_K, TOP_P, GenerationSettings
 from .loading import DTYPES, load_model, load_tokenizer
-from .report import model_results, write_model_outputs, write_summary
+from .report import model_results, write_card_scores, write_model_outputs, write_summary
 from .runner import default_seeds, evaluate_benchmark, prompt_ids_for
 
 METRIC_DESCRIPTION = "ROUGE-L F1 x 100 (rouge_score, Porter stemmer), max over references, mean over examples"
@@ -45,6 +45,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max_prompt_length", type=int, default=256, help="prompt tokens kept (default 256)")
     parser.add_argument("--chat_template", action="store_true", help="wrap each instruction in the chat template")
     parser.add_argument("--dtype", choices=list(DTYPES), default="auto")
+    parser.add_argument(
+        "--update_model_card",
+        action="store_true",
+        help="write the scores into the model card (README.md) of the evaluated folder (--adapter's, else "
+        "--model_name_or_path's): model-index metadata and a table; `push_to_hub` then uploads them",
+    )
     return parser
 
 
@@ -59,6 +65,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_examples is not None and args.max_examples < 1:
         raise ValueError(f"--max_examples must be at least 1, got {args.max_examples}")
     names = parse_benchmark_names(args.benchmarks)
+    card_folder = args.adapter or args.model_name_or_path
+    if args.update_model_card and not Path(card_folder).is_dir():
+        raise ValueError(
+            f"--update_model_card writes into the evaluated folder's README.md, but {card_folder} is not a local "
+            "folder: evaluate a local copy of the model, or drop --update_model_card."
+        )
     benchmarks = [load_benchmark(name, args.data_dir, args.from_hub) for name in names]
     for benchmark in benchmarks:
         benchmark.examples = benchmark.examples[: args.max_examples]
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if accelerator.is_main_process:
         write_model_outputs(Path(args.output_dir) / name, results, benchmark_results)
         write_summary(args.output_dir)
+        if args.update_model_card:
+            print(f"Scores written into {write_card_scores(card_folder, results)}.")
         for result in benchmark_results:
             summary = result.summary()
             print(f"{name} {result.name}: ROUGE-L {summary['mean']:.2f} ± {summary['std']:.2f}")

@@ -6,6 +6,8 @@ Layout under an output directory:
     <name>/predictions/<benchmark>.jsonl one line per (seed, example)
     results.json                        every model's results.json, keyed by name
     results.md                          rows: models; columns: benchmarks + Avg
+
+and, with `--update_model_card`, the scores in the evaluated model folder's `README.md` (`write_card_scores`).
 """
 
 import json
@@ -13,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..model_card import BenchmarkScore, write_scores
 from .benchmarks import BENCHMARKS
 from .runner import BenchmarkResult
 
@@ -75,3 +78,26 @@ def write_summary(output_dir: str | os.PathLike) -> None:
     (output_dir / "results.md").write_text(markdown_table(all_results), encoding="utf-8")
     combined = {results["name"]: results for results in all_results}
     (output_dir / "results.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
+
+
+def write_card_scores(model_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """One model's results (`model_results`) into the model card of `model_dir`; returns the card's path."""
+    scores = [
+        BenchmarkScore(
+            title=COLUMN_TITLES[name],
+            dataset_id=BENCHMARKS[name].hub_repo,
+            mean=summary["mean"],
+            std=summary["std"],
+            seeds=len(summary["seeds"]),
+            examples=summary["num_examples"],
+        )
+        for name, summary in results["benchmarks"].items()
+    ]
+    decoding = results["decoding"]
+    protocol = (
+        f"`hf-dwakd evaluate`: {results['metric']}, of responses sampled at temperature {decoding['temperature']}, "
+        f"top-p {decoding['top_p']}, top-k {decoding['top_k']} (prompts cut to {decoding['max_prompt_length']} "
+        f"tokens, up to {decoding['max_new_tokens']} new tokens); mean ± standard deviation over the sampling seeds "
+        f"{', '.join(str(seed) for seed in results['seeds'])}."
+    )
+    return write_scores(model_dir, results["name"], scores, protocol)
