@@ -3,7 +3,7 @@
 Run: python benchmarks/step_cost.py [--device cpu|cuda] [--steps 4] [--warmup 1] [--batch_size 4] [--seq_len 256]
      [--methods dwakd sft dskd uld mined multilevel_ot dwakd_no_dtw] [--bf16]
      [--student_hidden 256] [--student_layers 2] [--teacher_hidden 512] [--teacher_layers 2]
-     [--pair random|demo] [--reference-src PATH]
+     [--pair random|demo] [--reference-src PATH] [--max_new_tokens 128]
 
 `--pair demo` times the CPU demo's two real models instead (`hf_dwakd.demo.models`, converted once into
 ~/.cache/hf_dwakd), in both directions: Gemma-3-270M student with LoRA r8 on every linear layer and
@@ -24,6 +24,10 @@ Dolly responses joined) so that every example fills `--seq_len` tokens on the si
 same shape on the SmolLM2 tokenizer of the test fixtures, a third vocabulary, weighted equally.
 `dwakd_cached` and `dskd_cached` first build a teacher cache of the run's rows (`hf_dwakd.teacher_cache`; its time
 and size on disk are reported) and then train from it, with only the teacher's embedding and output layers loaded.
+`dwakd_on_policy` is DWA-KD with `lmbda=1`: every step's responses are sampled by the student (`--max_new_tokens`)
+and rebuilt for both tokenizers before the step (`hf_dwakd.on_policy`). The Trainer samples before
+`on_step_begin`, so its sampling is timed apart (the median generation seconds, and sampling with the rebuild) and
+added to the step for its total; its memory peaks are the training step's only.
 
 Time is the median over `--steps` steps after `--warmup` untimed ones (Numba compilation, optimizer state):
 wall seconds, and the process's CPU seconds (all threads), which a shared CPU's load disturbs less (threads
@@ -78,6 +82,9 @@ VARIANTS.update({name: dict(kd_method=method) for name, method in CACHED_VARIANT
 # tokenizer (a third vocabulary), weighted equally.
 TWO_TEACHER_VARIANTS = {"dwakd_two_teachers": "dwakd"}
 VARIANTS.update({name: dict(kd_method=method) for name, method in TWO_TEACHER_VARIANTS.items()})
+# Every step on-policy: the student samples each response (`hf_dwakd.on_policy`).
+ON_POLICY_VARIANTS = {"dwakd_on_policy": "dwakd"}
+VARIANTS.update({name: dict(kd_method=method, lmbda=1.0) for name, method in ON_POLICY_VARIANTS.items()})
 # DWA-KD vs DSKD in the paper (Section "Efficiency", batch 4): 0.45 s vs 0.35 s a step, 29.9 GB vs 26.4 GB.
 PAPER_TIME_RATIO = 0.45 / 0.35
 PAPER_MEMORY_RATIO = 29.9 / 26.4
@@ -99,6 +106,9 @@ def parse_args(argv=None):
         choices=list(VARIANTS),
         help=f"default: all, or {' '.join(DEMO_METHODS)} with --pair demo",
     )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=128, help="tokens sampled per response by the on-policy variants"
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (DWAKDConfig bf16=True)")
     parser.add_argument("--student_hidden", type=int, default=256, help="GPT-2-shaped student's width")
     parser.add_argument("--student_layers", type=int, default=2)
@@ -115,7 +125,7 @@ def parse_args(argv=None):
     for name in ("student_hidden", "teacher_hidden"):
         if getattr(args, name) < 64 or getattr(args, name) % 64:
             parser.error(f"--{name} must be a multiple of 64 (the attention head width), got {getattr(args, name)}.")
-    for name in ("steps", "batch_size", "student_layers", "teacher_layers"):
+    for name in ("steps", "batch_size", "student_layers", "teacher_layers", "max_new_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.warmup < 0:
@@ -366,6 +376,7 @@ def run_worker(args):
         max_prompt_length=args.seq_len // 2,
         # The demo recipe's setting (recomputing activations only saves memory); the random pair keeps TRL's.
         **({"activation_checkpointing": False} if args.pair == "demo" else {}),
+        **({"max_new_tokens": args.max_new_tokens} if args.worker in ON_POLICY_VARIANTS else {}),
         **options,
     )
     cache_figures = {}
@@ -383,6 +394,7 @@ def run_worker(args):
         peft_config=peft_config,
     )
     data = trainer.train_dataset
+    sampling = time_sampling(trainer, args.warmup) if args.worker in ON_POLICY_VARIANTS else None
     trainer.train()
 
     def mean_tokens(column):
@@ -402,8 +414,41 @@ def run_worker(args):
         "teacher_tokens": mean_tokens("teacher_input_ids") if uses_teacher else None,
         "teacher_response_tokens": mean_responses("teacher_labels") if uses_teacher else None,
         **cache_figures,
+        **(sampling.figures() if sampling is not None else {}),
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def time_sampling(trainer, warmup):
+    """Wrap the trainer's `ResponseSampler.step_batches` to time each step's sampling after the first `warmup`."""
+    sampler = trainer.response_sampler
+    step_batches = sampler.step_batches
+
+    class SamplingTimes:
+        wall, cpu, generation, tokens = [], [], [], []
+
+        def figures(self):
+            return {
+                "generation_seconds": statistics.median(self.generation),
+                "sampling_seconds": statistics.median(self.wall),
+                "sampling_cpu_seconds": statistics.median(self.cpu),
+                "sampled_tokens": statistics.mean(self.tokens),
+            }
+
+    times = SamplingTimes()
+
+    def timed(batches, step, models, accelerator):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        batches, record = step_batches(batches, step, models, accelerator)
+        if step >= warmup:
+            times.wall.append(time.perf_counter() - started)
+            times.cpu.append(time.process_time() - cpu_started)
+            times.generation.append(record.seconds)
+            times.tokens.append(record.tokens / record.responses)
+        return batches, record
+
+    sampler.step_batches = timed
+    return times
 
 
 # ---- the driver: one subprocess per method, then the table -------------------------------------------------------
@@ -411,7 +456,7 @@ def run_worker(args):
 
 WORKER_OPTIONS = (
     "device", "steps", "warmup", "batch_size", "seq_len", "student_hidden", "student_layers", "teacher_hidden",
-    "teacher_layers", "pair",
+    "teacher_layers", "pair", "max_new_tokens",
 )
 
 
@@ -467,6 +512,7 @@ def print_table(results, args, title):
                 time_note="a second teacher's forward and loss",
                 memory_note="its weights included",
             )
+    print_on_policy_figures(results, args)
     if "dwakd" in results and "dskd" in results:
         print_ratios(
             "dwakd / dskd",
@@ -530,6 +576,28 @@ def print_cache_figures(results, args):
             time_note="bar 0.80",
             memory_note="bar < 1",
         )
+
+
+def print_on_policy_figures(results, args):
+    """Each on-policy row's sampling cost, its total step time, and that total against the off-policy step."""
+    for name, method in ON_POLICY_VARIANTS.items():
+        if name not in results:
+            continue
+        r = results[name]
+        total, cpu_total = r["sampling_seconds"] + r["seconds"], r["sampling_cpu_seconds"] + r["cpu_seconds"]
+        line = (
+            f"\n{name} (lmbda=1, max_new_tokens={args.max_new_tokens}, {r['sampled_tokens']:.0f} tokens sampled per "
+            f"response): generation {r['generation_seconds']:.2f} s, sampling with the rebuild "
+            f"{r['sampling_seconds']:.2f} s ({r['sampling_cpu_seconds']:.2f} CPU s), training step "
+            f"{r['seconds']:.2f} s, total {total:.2f} s ({cpu_total:.2f} CPU s) a step"
+        )
+        if method in results:
+            off = results[method]
+            line += (
+                f"; off-policy {method} {off['seconds']:.2f} s ({off['cpu_seconds']:.2f} CPU s) a step: on-policy "
+                f"total {total / off['seconds']:.2f}x ({cpu_total / off['cpu_seconds']:.2f}x in CPU time)"
+            )
+        print(line)
 
 
 def main(argv=None):

@@ -96,6 +96,15 @@ class DWAKDConfig(SFTConfig):
         alignment_plot_steps (`int`, defaults to `0`): draw the alignment picture of the first training example
             every N steps (`hf_dwakd.inspection`); 0 = off.
 
+    On-policy distillation (TRL's `GKDConfig` names and meanings; `hf_dwakd.on_policy`, README "On-policy"):
+        lmbda (`float`, defaults to `0.0`): share of optimizer steps whose responses the student samples, drawn
+            per step from `seed`; 0 trains on the dataset's responses only.
+        seq_kd (`bool`, defaults to `False`): on the steps not drawn on-policy, the teacher samples the responses
+            (sequence-level KD) instead of the dataset giving them.
+        max_new_tokens (`int`, defaults to `128`): most tokens sampled per response.
+        temperature (`float`, defaults to `0.9`): sampling temperature (the KL terms use `kd_temperature`).
+        on_policy_ce_weight (`float`, defaults to `0.0`): `ce_weight` on the student-sampled steps.
+
     Baselines (each refused with another `kd_method`):
         uld_top_k (`int`, *optional*): ULD compares the k largest probabilities only (exact when None).
         mined_top_k, mined_cache_dir: MinED's kept teacher tokens and the vocabulary map's cache folder.
@@ -246,6 +255,36 @@ class DWAKDConfig(SFTConfig):
             "`report_to` (needs `pip install hf-dwakd[plot]`). 0 = off."
         },
     )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of optimizer steps that are on-policy: the student samples a response to each prompt of "
+            "the step's batches and the teacher judges it. Drawn per step from `seed`. 0 = off-policy (the "
+            "dataset's responses), 1 = always on-policy."
+        },
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={
+            "help": "Sequence-level KD: on the steps not drawn on-policy, the teacher samples each response (with "
+            "its own tokenizer) instead of the dataset giving it."
+        },
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens sampled per response on on-policy and seq_kd steps."}
+    )
+    temperature: float = field(
+        default=0.9,
+        metadata={"help": "Sampling temperature of on-policy and seq_kd responses (the KL terms use kd_temperature)."},
+    )
+    on_policy_ce_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "ce_weight on the steps the student samples. There the CE target is the student's own sample, "
+            "so a non-zero weight only makes the student more certain of what it already says (self-training, "
+            "ms-swift's sft_alpha on on-policy data); 0 trains those steps on the teacher's terms alone, as GKD."
+        },
+    )
     uld_top_k: int | None = field(
         default=None, metadata={"help": "uld: compare only the k largest probabilities (None = exact full sort)."}
     )
@@ -306,6 +345,7 @@ class DWAKDConfig(SFTConfig):
                 f"`max_prompt_length` ({self.max_prompt_length}) must be smaller than `max_length` "
                 f"({self.max_length}) so that some response survives truncation."
             )
+        self._check_on_policy_fields()
         if self.use_liger_kernel:
             raise ValueError(
                 "`use_liger_kernel=True` is not supported by DWAKDTrainer: the objective needs the full logits and "
@@ -348,6 +388,11 @@ class DWAKDConfig(SFTConfig):
                 f"{source} names {count} teachers, but kd_method={self.kd_method!r} distils from one teacher only: "
                 f"give one teacher, or choose a kd_method that supports several ({', '.join(several)})."
             )
+        if count > 1 and self.samples_responses:
+            raise ValueError(
+                f"`lmbda` > 0 or `seq_kd` samples responses, which is built for one teacher, but {source} names "
+                f"{count} teachers: give one teacher, or set `lmbda=0` and `seq_kd=False`."
+            )
         if count > 1 and self.alignment_plot_steps:
             raise ValueError(
                 f"`alignment_plot_steps` draws one teacher's alignment, but {source} names {count} teachers: set it "
@@ -365,6 +410,36 @@ class DWAKDConfig(SFTConfig):
             return DWAKDLossOptions(**values)
         except ValueError as error:
             raise ValueError(f"DWAKDConfig: {error}") from None
+
+    def _check_on_policy_fields(self):
+        if not 0 <= self.lmbda <= 1:
+            raise ValueError(f"`lmbda` is the share of on-policy steps, in [0, 1]; got {self.lmbda}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}.")
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature` (sampling) must be > 0, got {self.temperature}.")
+        if self.on_policy_ce_weight < 0:
+            raise ValueError(f"`on_policy_ce_weight` must be >= 0, got {self.on_policy_ce_weight}.")
+        if self.lmbda == 0 and self.on_policy_ce_weight != 0:
+            raise ValueError("`on_policy_ce_weight` only applies to on-policy steps: set `lmbda` > 0, or remove it.")
+        if not self.samples_responses:
+            return
+        switch = "`lmbda` > 0" if self.lmbda > 0 else "`seq_kd`"
+        if self.teacher_cache_dir is not None:
+            raise ValueError(
+                f"{switch} samples new responses, which a teacher cache cannot serve: unset `teacher_cache_dir` "
+                "(run the teacher live), or set `lmbda=0` and `seq_kd=False`."
+            )
+        if not self.needs_teacher:
+            raise ValueError(
+                f"{switch} needs a teacher to judge (or sample) the responses, and kd_method={self.kd_method!r} "
+                "has none: choose a method with a teacher, or set `lmbda=0` and `seq_kd=False`."
+            )
+        if self.lmbda > 0 and self.kd_weight == 0:
+            raise ValueError(
+                "`lmbda` > 0 with `kd_weight=0`: the on-policy steps would learn nothing from the teacher. Set "
+                "`kd_weight` > 0."
+            )
 
     def _check_fields_belong_to(self, method):
         """A field that only other methods read is refused when set away from its default (it would do nothing).
@@ -387,6 +462,11 @@ class DWAKDConfig(SFTConfig):
                     f"`{name}` belongs to kd_method {' / '.join(methods)} and has no effect with "
                     f"kd_method={self.kd_method!r}: remove it, or choose one of those methods."
                 )
+
+    @property
+    def samples_responses(self) -> bool:
+        """Whether some steps train on sampled responses (`lmbda` > 0 or `seq_kd`)."""
+        return self.lmbda > 0 or self.seq_kd
 
     @property
     def needs_teacher(self) -> bool:

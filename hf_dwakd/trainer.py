@@ -22,13 +22,14 @@ from trl import SFTTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from .config import DWAKDConfig
-from .data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
+from .data import PROMPT_COLUMN, DistillationCollator, check_dataset_columns, prepare_distillation_dataset
 from .fsdp2 import gathered_roots, load_full_state, shard_teacher
 from .inspection import AlignmentPlotCallback
 from .loading import ensure_pad_token, load_teacher, load_tokenizer, teacher_init_kwargs
 from .methods import TeacherOutputs, distillation_loss, metric_name, several_teachers_loss
 from .model_card import complete_trainer_card, read_card
 from .model_side import ModelSide, whole_weight
+from .on_policy import METRIC_PREFIXES, SAMPLED_BY, STUDENT, TEACHER, ResponseSampler
 from .projector_init import TokenBytes, fit_aligned_projectors, pseudo_inverse_s2t
 from .projectors import PROJECTORS_NAME, DWAKDProjectors, projectors_file_name
 from .registry import get_method
@@ -154,7 +155,7 @@ class DWAKDTrainer(SFTTrainer):
             max_prompt_length=args.max_prompt_length,
             num_proc=args.dataset_num_proc,
         )
-        train_dataset = prepare_distillation_dataset(train_dataset, **prepare)
+        train_dataset = prepare_distillation_dataset(train_dataset, **prepare, keep_prompts=args.samples_responses)
         if isinstance(eval_dataset, dict):
             eval_dataset = {key: prepare_distillation_dataset(ds, **prepare) for key, ds in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -235,6 +236,11 @@ class DWAKDTrainer(SFTTrainer):
         self.aligner = first.aligner if first else None
         if args.alignment_plot_steps:
             self.add_callback(AlignmentPlotCallback(self))
+        self.response_sampler = None  # set when some steps train on sampled responses (`lmbda`, `seq_kd`)
+        if args.samples_responses:
+            self.response_sampler = ResponseSampler(
+                args, student_tokenizer, self.teacher_processing_class, self.data_collator
+            )
 
     # ---- setup -------------------------------------------------------------------------------------------------
 
@@ -307,6 +313,8 @@ class DWAKDTrainer(SFTTrainer):
             prefixes = [teacher.prefix for teacher in self.teachers] or [teacher_prefix(0)]
             teacher_columns = [prefix + column for prefix in prefixes for column in TEACHER_COLUMNS]
             self._signature_columns = [*STUDENT_COLUMNS, *teacher_columns]
+            if self.args.samples_responses:
+                self._signature_columns.append(PROMPT_COLUMN)
 
     def create_optimizer(self, model=None):
         """TRL/Trainer's optimizer, with the projectors moved into their own group at `projector_learning_rate`."""
@@ -401,6 +409,22 @@ class DWAKDTrainer(SFTTrainer):
         finally:
             self.model.train(was_training)
 
+    # ---- on-policy steps ---------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Trainer's micro-batches of one optimizer step; on a sampling step (`hf_dwakd.on_policy`) rebuilt from
+        sampled responses before the step's response tokens are counted for `num_items_in_batch`."""
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.response_sampler is None or not batches:
+            return batches, num_items_in_batch
+        models = {STUDENT: self.model_wrapped, TEACHER: self.teacher_model}
+        batches, record = self.response_sampler.step_batches(batches, self.state.global_step, models, self.accelerator)
+        if record.sampled_by is not None:
+            num_items_in_batch = self._get_num_items_in_batch(batches, device)
+        step_metrics = {key: torch.tensor(value, device=device) for key, value in record.metrics().items()}
+        self._record_metrics("train", step_metrics, None)
+        return batches, num_items_in_batch
+
     # ---- loss --------------------------------------------------------------------------------------------------
 
     def training_step(self, model, *args, **kwargs):
@@ -424,12 +448,13 @@ class DWAKDTrainer(SFTTrainer):
             projectors = self.projectors_of(teacher)
             outputs.append(TeacherOutputs(teacher.name, teacher.weight, side, projectors, teacher.aligner))
         step = self.state.global_step
+        args = self.args if self.response_sampler is None else self.response_sampler.loss_args(inputs)
         if len(outputs) > 1:
-            loss, metrics = several_teachers_loss(self.args, student, outputs, num_items_in_batch, step=step)
+            loss, metrics = several_teachers_loss(args, student, outputs, num_items_in_batch, step=step)
         else:
             teacher = outputs[0] if outputs else TeacherOutputs("", 1.0, None, None, None)
             loss, metrics = distillation_loss(
-                self.args,
+                args,
                 student,
                 teacher.outputs,
                 num_items_in_batch,
@@ -438,20 +463,22 @@ class DWAKDTrainer(SFTTrainer):
                 step=step,
             )
 
-        loss = self._scaled_and_recorded(loss, metrics, num_items_in_batch)
+        # Batches of sampled responses log their components apart, under the sampling model's prefix.
+        prefix = METRIC_PREFIXES.get(inputs.get(SAMPLED_BY), "")
+        loss = self._scaled_and_recorded(loss, metrics, num_items_in_batch, prefix)
         if not return_outputs:
             return loss
         # What the student's own forward returns: logits at every position, aligned with the unshifted labels.
         return loss, CausalLMOutputWithPast(loss=loss, logits=student_logits)
 
-    def _scaled_and_recorded(self, loss, metrics, num_items_in_batch):
+    def _scaled_and_recorded(self, loss, metrics, num_items_in_batch, prefix=""):
         """The loss scaled as `Trainer.compute_loss` scales it (`num_items_in_batch` counts every rank's tokens and
         DDP averages gradients); its components and annealed knobs queued for logging."""
         mode = "train" if self.model.training else "eval"
         scale = 1
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             scale = self.accelerator.num_processes
-        self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None)
+        self._record_metrics(mode, metrics, scale if num_items_in_batch is not None else None, prefix)
         if any(metric_name(key) in ("dtw_hidden", "dtw_embed") for key in metrics):
             self._metrics[mode]["dtw_gamma"].append(self.args.dtw_gamma_at(self.state.global_step))
         if self.args.kd_warmup_steps > 0:
@@ -470,7 +497,7 @@ class DWAKDTrainer(SFTTrainer):
                 return weight.detach().clone()
         return whole_weight(weight)
 
-    def _record_metrics(self, mode, metrics, token_sum_scale):
+    def _record_metrics(self, mode, metrics, token_sum_scale, prefix=""):
         """Queue each component for `log()`: averaged over the logging window and across processes.
 
         A token-sum component of one micro-batch is a share of its optimizer step's value; scaling it by the number
@@ -487,7 +514,7 @@ class DWAKDTrainer(SFTTrainer):
         # One gather and one host sync for all components, instead of one per component.
         gathered = self.accelerator.gather_for_metrics(values.unsqueeze(0)).mean(dim=0)
         for key, value in zip(metrics, gathered.tolist()):
-            self._metrics[mode][key].append(value)
+            self._metrics[mode][f"{prefix}{key}"].append(value)
 
     # ---- saving and loading ------------------------------------------------------------------------------------
 

@@ -9,20 +9,9 @@ import torch
 
 from hf_dwakd.data import DistillationCollator, check_dataset_columns, prepare_distillation_dataset
 
-from testing_utils import DATA, load_tokenizer
+from testing_utils import CHATML, DATA, INST, load_tokenizer
 
 SIDES = ("", "teacher_")
-
-# A ChatML-like template for the student and a Llama-2 [INST]-like one for the teacher (the fixtures have none).
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-INST = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-    "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}"
-)
-
 
 @pytest.fixture(scope="module")
 def templated_tokenizers():

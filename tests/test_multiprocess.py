@@ -1,5 +1,6 @@
-"""Two training processes (gloo) behave like one process with gradient accumulation 2: under DDP (torchrun) and
-under FSDP2 (`accelerate launch` with `recipes/accelerate/fsdp2.yaml`).
+"""Two training processes (gloo) behave like one process with gradient accumulation 2: under DDP (torchrun),
+off-policy and on-policy (`lmbda=1`: the samples are seeded per step and batch position, so both runs sample the
+same responses), and under FSDP2 (`accelerate launch` with `recipes/accelerate/fsdp2.yaml`).
 
 The tests build two tiny dropout-free models (the fixture tokenizers, GPT-2 student, Llama teacher) and a small
 DSKD-format file, then run this file as a script: `hf_dwakd.scripts.train`'s pipeline in each process, which writes
@@ -21,6 +22,13 @@ from hf_dwakd.trainer import PROJECTORS_NAME
 from testing_utils import load_tokenizer, tiny_causal_lm
 
 COMPONENTS = ["loss", "ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed", "grad_norm"]
+ON_POLICY_COMPONENTS = [
+    "loss",
+    "on_policy",
+    "sampled_tokens",
+    *(f"on_policy_{key}" for key in ("kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed")),
+    "grad_norm",
+]
 ROWS = [
     ("Name three primary colours.", "Red, yellow and blue."),
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -97,21 +105,28 @@ def run(command, output_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("teachers", [["teacher"], ["teacher", "teacher2"]], ids=["one_teacher", "two_teachers"])
-def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path, teachers):
+@pytest.mark.parametrize(
+    "teachers, on_policy",
+    [(["teacher"], False), (["teacher", "teacher2"], False), (["teacher"], True)],
+    ids=["one_teacher", "two_teachers", "on_policy"],
+)
+def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path, teachers, on_policy):
     write_inputs(tmp_path)
     script = str(Path(__file__).resolve())
     two = tmp_path / "two_processes"
     one = tmp_path / "one_process"
     overrides = dict(teacher_model_name_or_path=[tmp_path / name for name in teachers])
-    if len(teachers) > 1:
-        overrides["teacher_weights"] = [3, 1]
     components = COMPONENTS
     if len(teachers) > 1:  # every teacher's terms, under its name
+        overrides["teacher_weights"] = [3, 1]
         components = ["loss", "ce", "grad_norm", *(f"{name}/{term}" for name in teachers for term in TERMS)]
+    if on_policy:
+        overrides.update(lmbda=1.0, max_new_tokens=8)
+        components = ON_POLICY_COMPONENTS
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two_history = run([*torchrun, script, *train_arguments(tmp_path, two, ddp_backend="gloo", **overrides)], two)
+    two_arguments = train_arguments(tmp_path, two, ddp_backend="gloo", **overrides)
     one_arguments = train_arguments(tmp_path, one, gradient_accumulation_steps=2, **overrides)
+    two_history = run([*torchrun, script, *two_arguments], two)
     one_history = run([sys.executable, script, *one_arguments], one)
 
     assert two_history[0]["world_size"] == 2 and one_history[0]["world_size"] == 1

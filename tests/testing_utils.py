@@ -39,6 +39,17 @@ def load_tokenizer(name):
     return tokenizer
 
 
+# A ChatML-like template for the student and a Llama-2 [INST]-like one for the teacher (the fixtures have none).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+INST = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
 def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, vocab_size=None, seed=0, **config_fields):
     """A random-init causal LM sized for `tokenizer` (or a padded `vocab_size`), built from config; `config_fields`
     go to the config as they are (e.g. `final_logit_softcapping` for "gemma3")."""

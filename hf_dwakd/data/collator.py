@@ -10,6 +10,8 @@ from ..teacher_list import teacher_prefix
 # teacher's is `teacher_2_hidden`, ... (its column prefix + "hidden").
 TEACHER_HIDDEN_COLUMN = "teacher_hidden"
 HIDDEN_SUFFIX = "hidden"
+# The prompts kept for on-policy sampling (`prepare_distillation_dataset(keep_prompts=True)`), passed as a list.
+PROMPT_COLUMN = "prompt"
 
 
 class DistillationCollator:
@@ -17,7 +19,8 @@ class DistillationCollator:
     pad with -100. `teacher_pad_token_id` is one id, or a list of one id per teacher.
 
     Rows read from a teacher cache also hold `teacher_hidden` arrays (n_i, d) (`teacher_2_hidden`, ... for the
-    other teachers): each is stacked into one (B, max n_i, d) tensor, zero-padded, in its stored dtype.
+    other teachers): each is stacked into one (B, max n_i, d) tensor, zero-padded, in its stored dtype. Rows that
+    kept their `prompt` pass the prompts on as a list (strings or chat messages), for on-policy sampling.
     """
 
     def __init__(self, student_pad_token_id, teacher_pad_token_id, pad_to_multiple_of=None):
@@ -45,6 +48,8 @@ class DistillationCollator:
             if prefix and column in rows[0]:
                 states = [torch.as_tensor(row[column]) for row in rows]
                 batch[column] = pad_sequence(states, batch_first=True)
+        if PROMPT_COLUMN in rows[0]:
+            batch[PROMPT_COLUMN] = [row[PROMPT_COLUMN] for row in rows]
         return batch
 
     def _pad_side(self, rows, prefix, pad_id):

@@ -93,16 +93,21 @@ def _message_text(message):
 
 @dataclass(frozen=True)
 class RenderedExample:
-    """One model's full text; the completion is `text[completion_start:]`."""
+    """One model's full text; the completion is `text[completion_start:]`.
+
+    `open_ended`: the completion was cut before its end (a sample that stopped at `max_new_tokens`), so no EOS is
+    appended and a chat template's closing markup is left out, as truncation leaves them out.
+    """
 
     text: str
     completion_start: int
     from_chat_template: bool
+    open_ended: bool = False
 
 
-def render_strings(prompt: str, completion: str) -> RenderedExample:
+def render_strings(prompt: str, completion: str, open_ended: bool = False) -> RenderedExample:
     """Both models read `prompt + completion`, joined as they are (no separator is added)."""
-    return RenderedExample(prompt + completion, len(prompt), from_chat_template=False)
+    return RenderedExample(prompt + completion, len(prompt), from_chat_template=False, open_ended=open_ended)
 
 
 def render_conversation(
@@ -111,10 +116,12 @@ def render_conversation(
     tokenizer: PreTrainedTokenizerBase,
     side: str,
     index: int,
+    open_ended: bool = False,
 ) -> RenderedExample:
     """Render with `tokenizer`'s own chat template; the completion is whatever follows the generation prompt.
 
-    That includes the template's end-of-turn markup, so the model also learns to close its turn.
+    That includes the template's end-of-turn markup, so the model also learns to close its turn; `open_ended` cuts
+    the text after the last message's content instead (kept whole where the template altered that content).
     """
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
@@ -124,4 +131,9 @@ def render_conversation(
             "the prompt messages (with the generation prompt) as the start of the full conversation, so the "
             "response cannot be located in its text. Use a template that renders conversations prefix-consistently."
         )
-    return RenderedExample(full_text, len(prompt_text), from_chat_template=True)
+    if open_ended:
+        content = _message_text(completion[-1]).rstrip() if completion else ""
+        content_start = full_text.rfind(content, len(prompt_text)) if content else -1
+        if content_start >= 0:
+            full_text = full_text[: content_start + len(content)]
+    return RenderedExample(full_text, len(prompt_text), from_chat_template=True, open_ended=open_ended)

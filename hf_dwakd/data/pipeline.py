@@ -2,13 +2,16 @@
 
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..teacher_list import teacher_prefix
+from .collator import PROMPT_COLUMN
 from .formats import (
+    Text,
     check_dataset_columns,
     is_conversational,
     is_empty,
@@ -35,6 +38,7 @@ def prepare_distillation_dataset(
     max_length: int = 512,
     max_prompt_length: int = 256,
     num_proc: int | None = None,
+    keep_prompts: bool = False,
 ) -> Dataset:
     """Tokenize every row for the student and each teacher; see `check_dataset_columns` for the formats read.
 
@@ -51,6 +55,8 @@ def prepare_distillation_dataset(
       Sides that read the same text are cut at the same characters, all teachers' included (see `truncation`).
     - Rows with an empty completion, or with no response token left after truncation, are dropped and counted in
       one warning; a `ValueError` is raised when no row is left.
+    - `keep_prompts`: also keep each row's prompt, as `split_row` reads it, in a column `prompt` (on-policy
+      sampling starts from it; `encode_example` then builds the sampled rows).
     """
     data_format = check_dataset_columns(dataset.column_names)
     if len(dataset) == 0:
@@ -62,18 +68,17 @@ def prepare_distillation_dataset(
         )
     conversational = is_conversational(data_format, dataset.features)
     teacher_tokenizers = teacher_tokenizer if isinstance(teacher_tokenizer, (list, tuple)) else [teacher_tokenizer]
-    sides = {"student": ("", student_tokenizer)}
-    for index, tokenizer in enumerate(teacher_tokenizers):
-        sides["teacher" if index == 0 else f"teacher {index + 1}"] = (teacher_prefix(index), tokenizer)
-    for side, (_, tokenizer) in sides.items():
+    tokenizers = (student_tokenizer, *teacher_tokenizers)
+    for side, tokenizer in zip(_side_names(len(tokenizers)), tokenizers):
         _check_tokenizer(tokenizer, side, conversational)
 
     encode = partial(
         _encode_row,
         data_format=data_format,
-        sides=sides,
+        tokenizers=tokenizers,
         max_length=max_length,
         max_prompt_length=max_prompt_length,
+        keep_prompts=keep_prompts,
     )
     encoded = dataset.map(
         encode,
@@ -114,38 +119,59 @@ def _check_tokenizer(tokenizer, side, conversational):
         )
 
 
-def _encode_row(row, index, data_format, sides, max_length, max_prompt_length):
-    """`sides`: `{side name: (column prefix, tokenizer)}`, the student first."""
-    prompt, completion = split_row(row, data_format, index)
-    prefixes = [prefix for prefix, _ in sides.values()]
+def encode_example(
+    prompt: Text,
+    completion: Text,
+    tokenizers: Sequence[PreTrainedTokenizerBase],
+    max_length: int,
+    max_prompt_length: int,
+    index: int = 0,
+    open_ended: bool = False,
+) -> tuple[dict[str, list[int]] | None, str]:
+    """`(columns, drop_reason)` of one prompt and completion for the tokenizers (the student's, then each
+    teacher's): the columns of `prepare_distillation_dataset`, or None and the reason the row is dropped.
+    `open_ended`: the completion was cut (no EOS, no closing chat markup; see `RenderedExample`)."""
     if is_empty(completion):
-        return _dropped(EMPTY_COMPLETION, prefixes)
+        return None, EMPTY_COMPLETION
     if isinstance(prompt, str):
-        example = render_strings(prompt, completion)
-        tokens = [tokenize_side(tokenizer, example) for _, tokenizer in sides.values()]
+        example = render_strings(prompt, completion, open_ended)
+        tokens = [tokenize_side(tokenizer, example) for tokenizer in tokenizers]
         windows = [choose_window(tokens, max_length, max_prompt_length)] * len(tokens)
     else:
         # Each side renders its own template, so each is cut on its own.
         tokens = [
-            tokenize_side(tokenizer, render_conversation(prompt, completion, tokenizer, side, index))
-            for side, (_, tokenizer) in sides.items()
+            tokenize_side(tokenizer, render_conversation(prompt, completion, tokenizer, side, index, open_ended))
+            for tokenizer, side in zip(tokenizers, _side_names(len(tokenizers)))
         ]
         windows = [choose_window([side], max_length, max_prompt_length) for side in tokens]
     if None in windows:
-        return _dropped(TRUNCATED_AWAY, prefixes)
+        return None, TRUNCATED_AWAY
 
-    columns = {_DROP_COLUMN: ""}
-    for prefix, side, window in zip(prefixes, tokens, windows):
+    columns = {}
+    for prefix, side, window in zip(_prefixes(len(tokenizers)), tokens, windows):
         input_ids, labels = keep_window(side, window)
         columns[f"{prefix}input_ids"] = input_ids
         columns[f"{prefix}attention_mask"] = [1] * len(input_ids)
         columns[f"{prefix}labels"] = labels
+    return columns, ""
+
+
+def _encode_row(row, index, data_format, tokenizers, max_length, max_prompt_length, keep_prompts):
+    prompt, completion = split_row(row, data_format, index)
+    columns, reason = encode_example(prompt, completion, tokenizers, max_length, max_prompt_length, index)
+    if columns is None:
+        names = ("input_ids", "attention_mask", "labels")
+        columns = {f"{prefix}{name}": [] for prefix in _prefixes(len(tokenizers)) for name in names}
+    columns[_DROP_COLUMN] = reason
+    if keep_prompts:
+        columns[PROMPT_COLUMN] = prompt
     return columns
 
 
-def _dropped(reason, prefixes):
-    columns = {_DROP_COLUMN: reason}
-    for prefix in prefixes:
-        for name in ("input_ids", "attention_mask", "labels"):
-            columns[f"{prefix}{name}"] = []
-    return columns
+def _prefixes(count):
+    """Column prefixes of `count` sides: the student's (none), then each teacher's."""
+    return ["", *(teacher_prefix(index) for index in range(count - 1))]
+
+
+def _side_names(count):
+    return ["student", *("teacher" if index == 0 else f"teacher {index + 1}" for index in range(count - 1))]

@@ -29,7 +29,8 @@ def tokenize_side(tokenizer: PreTrainedTokenizerBase, example: RenderedExample) 
 
     Plain strings get the tokenizer's own special tokens (BOS if it adds one) and are read as text, so a literal
     "</s>" or "<s>" in the data stays text. Chat-template text already holds its special tokens, which are parsed.
-    EOS is appended unless the text already ends with it (whitespace after a template's final EOS is dropped).
+    EOS is appended unless the text already ends with it (whitespace after a template's final EOS is dropped), or
+    the example is open-ended (its completion was cut).
     """
     text = example.text
     eos_id = tokenizer.eos_token_id
@@ -46,7 +47,10 @@ def tokenize_side(tokenizer: PreTrainedTokenizerBase, example: RenderedExample) 
     ids = list(encoding["input_ids"])
     spans = [tuple(span) for span in encoding["offset_mapping"]]
     end = len(text)
-    if not ids or ids[-1] != eos_id:
+    if example.open_ended:
+        if ids and ids[-1] == eos_id and spans[-1][0] == spans[-1][1]:  # an EOS the post-processor added
+            ids, spans = ids[:-1], spans[:-1]
+    elif not ids or ids[-1] != eos_id:
         ids.append(eos_id)
         spans.append((end, end))
     elif spans[-1][0] == spans[-1][1]:
