@@ -89,7 +89,7 @@ def test_overlaps_follow_the_character_spans_of_the_data_pipeline(student_tokeni
 
 
 def fit_batches(trainer):
-    return list(trainer._projector_fit_batches())
+    return list(trainer._projector_fit_batches(trainer.teachers[0]))
 
 
 def direct_rows(batches, student_bytes, teacher_bytes):
