@@ -122,13 +122,15 @@ def _build_one(args, cache_dir, teacher_model, teacher_tokenizer, prefix, prepar
     teacher_model.requires_grad_(False)
     teacher_model.eval().to(state.device)
     autocast_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-    # Each process runs its own copy of the teacher: no decision needs agreeing.
+    # Each process runs its own copy of the teacher: no decision needs agreeing. Padded forwards: a packed
+    # sequence's length depends on which rows share a batch, which changes the rounding, and the cache must not
+    # depend on how many processes built it.
     teacher = ModelSide(
         "teacher",
         len(teacher_tokenizer),
         prefix=prefix,
         model=teacher_model,
-        unpadded_forward=args.unpadded_forward,
+        unpadded_forward=False,
         across_processes=False,
         autocast=lambda: torch.autocast(state.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
     )
