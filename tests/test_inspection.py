@@ -192,6 +192,7 @@ def test_inspect_writes_png_and_json(saved_models, tmp_path, student):
 def test_inspect_draws_the_aligned_start_fitted_on_a_training_file(saved_models, tmp_path):
     """`--fit_projectors` draws with the projectors that `fit_aligned_projectors` gives on those rows."""
     from hf_dwakd.inspection.command import build_parser, fit_on_rows
+    from hf_dwakd.model_side import ModelSide
 
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join(json.dumps(row) for row in ROWS), encoding="utf-8")
@@ -204,7 +205,11 @@ def test_inspect_draws_the_aligned_start_fitted_on_a_training_file(saved_models,
     models = [AutoModelForCausalLM.from_pretrained(saved_models / name) for name in ("student", "teacher")]
     tokenizers = [load_tokenizer(name) for name in ("gpt2", "llama2")]
     projectors = DWAKDProjectors(16, 24)
-    fit = fit_on_rows(projectors, *models, *tokenizers, args)
+    sides = (
+        ModelSide("student", len(tokenizers[0]), model=models[0], unpadded_forward=False),
+        ModelSide("teacher", len(tokenizers[1]), prefix="teacher_", model=models[1], unpadded_forward=False),
+    )
+    fit = fit_on_rows(projectors, sides, *tokenizers, args)
     assert fit.examples == 6
     saved = tmp_path / "projectors.safetensors"
     save_file({k: v.contiguous() for k, v in projectors.state_dict().items()}, saved)
