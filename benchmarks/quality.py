@@ -221,6 +221,8 @@ def train_student(row, args, seed, train_rows, paths, cache_dir, output_dir):
         trainer = gold_trainer(args, row.gold_lmbda, train_rows, paths, fields)
     else:
         overrides = dict(row.fields)
+        if overrides.get("lmbda"):  # on-policy: the students sample as long as the scores let them answer
+            overrides["max_new_tokens"] = args.max_new_tokens
         if row.needs_teacher:
             overrides.update(
                 projector_learning_rate=args.projector_learning_rate,
@@ -252,6 +254,7 @@ def gold_trainer(args, lmbda, train_rows, paths, fields):
         teacher_tokenizer_name_or_path=str(paths[TEACHER]),
         lmbda=lmbda,
         max_completion_length=args.max_new_tokens,
+        top_p=1.0,  # pure sampling at GOLD's temperature (0.9), as DWAKDTrainer's on-policy steps sample
         uld_crossentropy_weight=0.5,
         uld_distillation_weight=0.5,
         **fields,
