@@ -1,12 +1,15 @@
 """Two training processes (gloo) behave like one process with gradient accumulation 2: under DDP (torchrun),
-off-policy and on-policy (`lmbda=1`: the samples are seeded per step and batch position, so both runs sample the
-same responses), and under FSDP2 (`accelerate launch` with `recipes/accelerate/fsdp2.yaml`).
+off-policy, with two teachers and on-policy (`lmbda=1`: the samples are seeded per step and batch position, so both
+runs sample the same responses), and under FSDP2 (`accelerate launch` with `recipes/accelerate/fsdp2.yaml`); and
+`projector_init: aligned` fits the same projectors over two processes as over one.
 
 The tests build two tiny dropout-free models (the fixture tokenizers, GPT-2 student, Llama teacher) and a small
 DSKD-format file, then run this file as a script: `hf_dwakd.scripts.train`'s pipeline in each process, which writes
-its rank's projector weights and the logged history.
+its rank's projector weights and the logged history. Each launch runs several of these jobs in turn (three launches
+in all: one process, torchrun, accelerate), and the tests read what they wrote.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -39,7 +42,7 @@ ROWS = [
     ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600."),
     ("Say hello in Japanese.", "こんにちは (konnichiwa)."),
 ]
-TIMEOUT_S = 240
+TIMEOUT_S = 900  # one launch runs several trainings
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -96,57 +99,130 @@ def train_arguments(folder, output_dir, **overrides):
     return [item for key, value in values.items() for item in (f"--{key}", *map(str, value))]
 
 
-def run(command, output_dir):
+def run(command, jobs, jobs_file):
+    """Launch this file as a script that runs `jobs` one after the other in each process: one launch (the
+    interpreters importing torch, transformers and TRL) serves several checks."""
+    jobs_file.write_text(json.dumps(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))  # this checkout
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    script = str(Path(__file__).resolve())
+    result = subprocess.run(
+        [*command, script, str(jobs_file)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads((output_dir / "log_history.json").read_text())
+
+
+def history(output_dir, suffix=""):
+    return json.loads((output_dir / f"log_history{suffix}.json").read_text())
+
+
+# Each run's teachers and flags, and the logged components that must match. Every process runs the same runs in the
+# same order; each trainer seeds itself, so a run does not depend on the ones before it.
+TEACHERS = {"one_teacher": ["teacher"], "two_teachers": ["teacher", "teacher2"], "on_policy": ["teacher"]}
+FSDP2_STEPS = dict(max_steps=3, save_strategy="steps", save_steps=2)
+
+
+def run_overrides(folder, name):
+    overrides = dict(teacher_model_name_or_path=[folder / teacher for teacher in TEACHERS[name]])
+    if name == "two_teachers":
+        overrides["teacher_weights"] = [3, 1]
+    if name == "on_policy":
+        overrides.update(lmbda=1.0, max_new_tokens=8)
+    return overrides
+
+
+def logged_components(name):
+    if name == "two_teachers":  # every teacher's terms, under its name
+        return ["loss", "ce", "grad_norm", *(f"{teacher}/{term}" for teacher in TEACHERS[name] for term in TERMS)]
+    return ON_POLICY_COMPONENTS if name == "on_policy" else COMPONENTS
+
+
+def ddp_jobs(folder, root, **flags):
+    """The three training runs, then the aligned projector fit (no training), each in its folder under `root`."""
+    jobs = [
+        {"argv": train_arguments(folder, root / name, **run_overrides(folder, name), **flags)} for name in TEACHERS
+    ]
+    fit_flags = {key: value for key, value in flags.items() if key != "gradient_accumulation_steps"}
+    jobs.append({"argv": train_arguments(folder, root / "fit", projector_init="aligned", **fit_flags), "fit": True})
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    write_inputs(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(inputs):
+    """One process, accumulation 2 for the training runs: the DDP runs and the FSDP2 run's reference."""
+    root = inputs / "one_process"
+    jobs = ddp_jobs(inputs, root, gradient_accumulation_steps=2)
+    fsdp2_reference = train_arguments(inputs, root / "fsdp2", gradient_accumulation_steps=2, **FSDP2_STEPS)
+    run([sys.executable], [*jobs, {"argv": fsdp2_reference}], inputs / "one_process.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_processes(inputs):
+    """Two processes under torchrun (gloo), accumulation 1."""
+    root = inputs / "two_processes"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run(torchrun, ddp_jobs(inputs, root, ddp_backend="gloo"), inputs / "two_processes.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fsdp2(inputs):
+    """Two CPU processes under `accelerate launch` with the FSDP2 recipe; the run then resumes from checkpoint-2."""
+    output_dir = inputs / "fsdp2"
+    launch = [
+        *[sys.executable, "-m", "accelerate.commands.launch", "--config_file"],
+        *[str(REPOSITORY / "recipes" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2"],
+        *["--mixed_precision", "no", "--main_process_port", "0"],
+    ]
+    job = {"argv": train_arguments(inputs, output_dir, **FSDP2_STEPS), "then_resume_from": "checkpoint-2"}
+    run(launch, [job], inputs / "fsdp2.json")
+    return output_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "teachers, on_policy",
-    [(["teacher"], False), (["teacher", "teacher2"], False), (["teacher"], True)],
-    ids=["one_teacher", "two_teachers", "on_policy"],
-)
-def test_two_processes_log_and_update_like_one_process_with_accumulation(tmp_path, teachers, on_policy):
-    write_inputs(tmp_path)
-    script = str(Path(__file__).resolve())
-    two = tmp_path / "two_processes"
-    one = tmp_path / "one_process"
-    overrides = dict(teacher_model_name_or_path=[tmp_path / name for name in teachers])
-    components = COMPONENTS
-    if len(teachers) > 1:  # every teacher's terms, under its name
-        overrides["teacher_weights"] = [3, 1]
-        components = ["loss", "ce", "grad_norm", *(f"{name}/{term}" for name in teachers for term in TERMS)]
-    if on_policy:
-        overrides.update(lmbda=1.0, max_new_tokens=8)
-        components = ON_POLICY_COMPONENTS
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two_arguments = train_arguments(tmp_path, two, ddp_backend="gloo", **overrides)
-    one_arguments = train_arguments(tmp_path, one, gradient_accumulation_steps=2, **overrides)
-    two_history = run([*torchrun, script, *two_arguments], two)
-    one_history = run([sys.executable, script, *one_arguments], one)
-
+@pytest.mark.parametrize("name", list(TEACHERS))
+def test_two_processes_log_and_update_like_one_process_with_accumulation(one_process, two_processes, name):
+    two, one = two_processes / name, one_process / name
+    two_history, one_history = history(two), history(one)
     assert two_history[0]["world_size"] == 2 and one_history[0]["world_size"] == 1
     two_logs = [entry for entry in two_history if "loss" in entry]
     one_logs = [entry for entry in one_history if "loss" in entry]
     assert len(two_logs) == len(one_logs) == 2
-    for key in components:
+    for key in logged_components(name):
         assert [e[key] for e in two_logs] == pytest.approx([e[key] for e in one_logs], rel=1e-5, abs=1e-7), key
 
     rank0, rank1 = (load_file(two / f"projectors_rank{rank}.safetensors") for rank in (0, 1))
     single = load_file(one / "projectors_rank0.safetensors")
     initial = load_file(one / "projectors_initial.safetensors")
-    for name, value in rank0.items():
-        assert torch.equal(value, rank1[name]), name
-        torch.testing.assert_close(value, single[name], rtol=1e-5, atol=1e-7)
-        assert not torch.equal(value, initial[name]), name  # the projectors did train
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+        torch.testing.assert_close(value, single[key], rtol=1e-5, atol=1e-7)
+        assert not torch.equal(value, initial[key]), key  # the projectors did train
 
 
 @pytest.mark.slow
-def test_fsdp2_shards_both_models_and_trains_like_one_process_with_accumulation(tmp_path):
+def test_two_processes_fit_the_same_projectors_as_one(one_process, two_processes):
+    """`projector_init: aligned` fits over both processes' rows what one process fits over all of them."""
+    two, one = two_processes / "fit", one_process / "fit"
+    fit_two, fit_one = (json.loads((folder / "fit.json").read_text()) for folder in (two, one))
+    assert fit_two == fit_one  # rows, pairs and the query scale, over both processes
+    rank0, rank1 = (load_file(two / f"projectors_rank{rank}.safetensors") for rank in (0, 1))
+    single = load_file(one / "projectors_rank0.safetensors")
+    for key, value in single.items():
+        assert torch.equal(rank0[key], rank1[key]), key
+        torch.testing.assert_close(rank0[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_both_models_and_trains_like_one_process_with_accumulation(one_process, fsdp2):
     """Two CPU processes launched by `accelerate launch --config_file recipes/accelerate/fsdp2.yaml` (mixed
     precision off, which a CPU comparison needs), against one process with accumulation 2.
 
@@ -156,21 +232,8 @@ def test_fsdp2_shards_both_models_and_trains_like_one_process_with_accumulation(
     per decoder layer, the trainer's sharding of the teacher, FSDP's full-state-dict checkpoints. The run saves a
     checkpoint at step 2 and the worker then resumes a new trainer from it, which restores the projectors.
     """
-    write_inputs(tmp_path)
-    script = str(Path(__file__).resolve())
-    two, one = tmp_path / "fsdp2", tmp_path / "one_process"
-    steps = dict(max_steps=3, save_strategy="steps", save_steps=2)
-    launch = [
-        *[sys.executable, "-m", "accelerate.commands.launch", "--config_file"],
-        *[str(REPOSITORY / "recipes" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2"],
-        *["--mixed_precision", "no", "--main_process_port", "0"],
-    ]
-    two_history = run(
-        [*launch, script, "--then_resume_from", "checkpoint-2", *train_arguments(tmp_path, two, **steps)], two
-    )
-    one_history = run(
-        [sys.executable, script, *train_arguments(tmp_path, one, gradient_accumulation_steps=2, **steps)], one
-    )
+    two, one = fsdp2, one_process / "fsdp2"
+    two_history, one_history = history(two), history(one)
 
     sharding = json.loads((two / "sharding.json").read_text())
     assert sharding["student"]["decoder_layers"] == sharding["teacher"]["decoder_layers"] == 1
@@ -187,8 +250,7 @@ def test_fsdp2_shards_both_models_and_trains_like_one_process_with_accumulation(
     single = load_file(one / "projectors_rank0.safetensors")
     saved = load_file(two / "checkpoint-2" / PROJECTORS_NAME)
     single_saved = load_file(one / "checkpoint-2" / PROJECTORS_NAME)
-    resumed_history = json.loads((two / "log_history_resumed.json").read_text())
-    resumed_logs = [entry for entry in resumed_history if "loss" in entry]
+    resumed_logs = [entry for entry in history(two, "_resumed") if "loss" in entry]
     assert [entry["step"] for entry in resumed_logs] == [1, 2, 3]  # the checkpoint's history, then step 3
     assert resumed_logs[2]["loss"] == pytest.approx(two_logs[2]["loss"], rel=1e-5, abs=1e-7)
     for rank in (0, 1):
@@ -220,19 +282,22 @@ def allow_fsdp_on_cpu():
     AcceleratorState.__init__ = init
 
 
-def worker(argv):
-    """Train with the CLI's pipeline; write this rank's projectors, and the log history from rank 0.
+def worker(jobs_file):
+    """Run each job of `jobs_file` in turn: train with the CLI's pipeline and write this rank's projectors, and the
+    log history from rank 0; a `fit` job only starts the projectors and writes the fit.
 
-    `--then_resume_from CHECKPOINT` (first): then resume a new trainer from that checkpoint of the run and write its
+    `then_resume_from: CHECKPOINT`: then resume a new trainer from that checkpoint of the run and write its
     projectors and log history too.
     """
-    from hf_dwakd.scripts.train import build_trainer, load_train_datasets, parse_train_arguments
-
-    resume_from = None
-    if argv[:1] == ["--then_resume_from"]:
-        resume_from, argv = argv[1], argv[2:]
     if os.environ.get("ACCELERATE_USE_FSDP") == "true":
         allow_fsdp_on_cpu()
+    for job in json.loads(Path(jobs_file).read_text()):
+        (fit_projectors if job.get("fit") else train)(job["argv"], job.get("then_resume_from"))
+
+
+def train(argv, resume_from):
+    from hf_dwakd.scripts.train import build_trainer, load_train_datasets, parse_train_arguments
+
     script_args, training_args, model_args = parse_train_arguments(argv)
     datasets = load_train_datasets(script_args, training_args)
     trainer = build_trainer(training_args, model_args, datasets)
@@ -250,6 +315,21 @@ def worker(argv):
         resumed = build_trainer(training_args, model_args, datasets)
         resumed.train(resume_from_checkpoint=str(output_dir / resume_from))
         _write_results(resumed, output_dir, "_resumed")
+    trainer.accelerator.wait_for_everyone()
+
+
+def fit_projectors(argv, resume_from=None):
+    """Build the CLI's trainer and start its projectors; write this rank's projectors and, from rank 0, the fit."""
+    from hf_dwakd.scripts.train import build_trainer, load_train_datasets, parse_train_arguments
+
+    script_args, training_args, model_args = parse_train_arguments(argv)
+    trainer = build_trainer(training_args, model_args, load_train_datasets(script_args, training_args))
+    (fit,) = trainer.start_projectors().values()
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_state(trainer), output_dir / f"projectors_rank{trainer.accelerator.process_index}.safetensors")
+    if trainer.accelerator.process_index == 0:
+        (output_dir / "fit.json").write_text(json.dumps(dataclasses.asdict(fit)))
     trainer.accelerator.wait_for_everyone()
 
 
@@ -289,4 +369,4 @@ def _state(trainer):
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1:])
+    worker(sys.argv[1])
