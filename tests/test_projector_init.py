@@ -1,17 +1,11 @@
 """`projector_init`: the aligned fit of the projectors from the two tokenizations, and DSKDv2's pseudo-inverse s2t."""
 
 import dataclasses
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from hf_dwakd import DWAKDTrainer
 from hf_dwakd.methods import distillation_loss
@@ -27,7 +21,7 @@ from hf_dwakd.projector_init import (
 )
 from hf_dwakd.projectors import DWAKDProjectors
 
-from testing_utils import ROWS, load_tokenizer, make_config, make_trainer, tiny_causal_lm
+from testing_utils import ROWS, make_config, make_trainer, save_tiny_model, shared_tokenizers, tiny_causal_lm
 
 EOS = 0
 
@@ -201,7 +195,7 @@ def memorising_student(steps=40):
 
     from hf_dwakd.data import DistillationCollator, prepare_distillation_dataset
 
-    tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    tokenizer, teacher_tokenizer = shared_tokenizers()
     model = tiny_causal_lm(tokenizer, family="llama", hidden_size=16, seed=1)
     prepared = prepare_distillation_dataset(Dataset.from_list(ROWS), tokenizer, teacher_tokenizer, 64, 32)
     batch = DistillationCollator(tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)(list(prepared))
@@ -272,8 +266,16 @@ def test_train_starts_the_projectors_once_and_a_resumed_run_keeps_its_own(tmp_pa
         torch.testing.assert_close(resumed.projectors.state_dict()[name], value)
 
 
+@pytest.fixture(scope="module")
+def plain_fit(tmp_path_factory):
+    """The projectors that `make_trainer`'s run fits with `projector_init: aligned`."""
+    plain = make_trainer(tmp_path_factory.mktemp("plain"), projector_init="aligned")
+    plain.start_projectors()
+    return plain.projectors.state_dict()
+
+
 @pytest.mark.parametrize("variant", ["teacher_cache", "lora", "dskd"])
-def test_the_fit_is_the_same_with_a_teacher_cache_and_lora_and_fits_dskd(tmp_path, variant):
+def test_the_fit_is_the_same_with_a_teacher_cache_and_lora_and_fits_dskd(tmp_path, plain_fit, variant):
     """A cached teacher gives the live teacher's states, and LoRA adapters start at zero: both fit what the plain
     run fits. dskd has no `embed_t2s`: the other three are fitted as for dwakd."""
     from datasets import Dataset
@@ -281,22 +283,17 @@ def test_the_fit_is_the_same_with_a_teacher_cache_and_lora_and_fits_dskd(tmp_pat
 
     from hf_dwakd.teacher_cache import build_teacher_cache
 
-    plain = make_trainer(tmp_path / "plain", projector_init="aligned")
-    plain.start_projectors()
     if variant == "teacher_cache":
-        folder = tmp_path / "teacher"
-        tokenizer = load_tokenizer("llama2")
-        tiny_causal_lm(tokenizer, family="llama", hidden_size=24, seed=2).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        folder = save_tiny_model(tmp_path / "teacher", "llama2", hidden_size=24, seed=2)
         options = dict(teacher_cache_dir=str(tmp_path / "cache"), teacher_model_name_or_path=str(folder))
         build_teacher_cache(
-            make_config(tmp_path, **options), Dataset.from_list(ROWS), None, student_tokenizer=load_tokenizer("gpt2")
+            make_config(tmp_path, **options), Dataset.from_list(ROWS), None, student_tokenizer=shared_tokenizers()[0]
         )
         other = DWAKDTrainer(
-            model=tiny_causal_lm(load_tokenizer("gpt2"), hidden_size=16, seed=1),  # make_trainer's student
+            model=tiny_causal_lm(shared_tokenizers()[0], hidden_size=16, seed=1),  # make_trainer's student
             args=make_config(tmp_path / "other", projector_init="aligned", **options),
             train_dataset=Dataset.from_list(ROWS),
-            processing_class=load_tokenizer("gpt2"),
+            processing_class=shared_tokenizers()[0],
         )
         assert other.cached_teacher is not None
     elif variant == "lora":
@@ -306,9 +303,8 @@ def test_the_fit_is_the_same_with_a_teacher_cache_and_lora_and_fits_dskd(tmp_pat
         other = make_trainer(tmp_path / "other", projector_init="aligned", kd_method="dskd")
         assert other.projectors.embed_t2s is None
     other.start_projectors()
-    expected = plain.projectors.state_dict()
     for name, value in other.projectors.state_dict().items():
-        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(value, plain_fit[name], rtol=1e-4, atol=1e-5)
 
 
 def test_pseudo_inverse_s2t_gives_the_student_logits_through_the_teacher_head_on_shared_strings():
@@ -335,53 +331,3 @@ def test_the_config_refuses_bad_values(tmp_path):
         make_config(tmp_path, projector_init_ridge=0.0)
     with pytest.raises(ValueError, match="`projector_init` belongs to kd_method dwakd / dskd"):
         make_config(tmp_path, kd_method="uld", projector_init="aligned")
-
-
-# ---- one process and two give the same fit --------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_two_processes_fit_the_same_projectors_as_one(tmp_path):
-    from test_multiprocess import REPOSITORY, train_arguments, write_inputs
-
-    write_inputs(tmp_path)
-    script = str(Path(__file__).resolve())
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    fits = {}
-    for name, launcher, extra in (("two", torchrun, {"ddp_backend": "gloo"}), ("one", [sys.executable], {})):
-        output_dir = tmp_path / name
-        flags = train_arguments(tmp_path, output_dir, projector_init="aligned", **extra)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
-        result = subprocess.run(
-            [*launcher, script, *flags], env=env, capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        fits[name] = json.loads((output_dir / "fit.json").read_text())
-    assert fits["two"] == fits["one"]  # rows, pairs and the query scale, over both processes
-    rank0, rank1 = (load_file(tmp_path / "two" / f"projectors_rank{rank}.safetensors") for rank in (0, 1))
-    single = load_file(tmp_path / "one" / "projectors_rank0.safetensors")
-    for name, value in single.items():
-        assert torch.equal(rank0[name], rank1[name]), name
-        torch.testing.assert_close(rank0[name], value, rtol=1e-5, atol=1e-6)
-
-
-def fit_worker(argv):
-    """Build the CLI's trainer and start its projectors; write this rank's projectors and, from rank 0, the fit."""
-    from hf_dwakd.scripts.train import build_trainer, load_train_datasets, parse_train_arguments
-
-    script_args, training_args, model_args = parse_train_arguments(argv)
-    trainer = build_trainer(training_args, model_args, load_train_datasets(script_args, training_args))
-    (fit,) = trainer.start_projectors().values()
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rank = trainer.accelerator.process_index
-    state = {name: value.detach().cpu().contiguous() for name, value in trainer.projectors.state_dict().items()}
-    save_file(state, output_dir / f"projectors_rank{rank}.safetensors")
-    if rank == 0:
-        (output_dir / "fit.json").write_text(json.dumps(dataclasses.asdict(fit)))
-    trainer.accelerator.wait_for_everyone()
-
-
-if __name__ == "__main__":
-    fit_worker(sys.argv[1:])
