@@ -1,4 +1,5 @@
-"""Pytest fixtures: the two real tokenizers of different families. Shared helpers live in `testing_utils.py`."""
+"""Pytest fixtures: the two real tokenizers of different families, MinED's vocabulary-map cache. Shared helpers live
+in `testing_utils.py`."""
 
 import os
 
@@ -10,14 +11,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from testing_utils import load_tokenizer  # noqa: E402
+from testing_utils import shared_tokenizers  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def student_tokenizer():
-    return load_tokenizer("gpt2")
+    return shared_tokenizers()[0]
 
 
 @pytest.fixture(scope="session")
 def teacher_tokenizer():
-    return load_tokenizer("llama2")
+    return shared_tokenizers()[1]
+
+
+@pytest.fixture(scope="session")
+def mined_cache(tmp_path_factory):
+    """One `mined_cache_dir` for every MinED run on the fixture tokenizers."""
+    return str(tmp_path_factory.mktemp("mined-cache"))

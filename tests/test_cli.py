@@ -17,18 +17,12 @@ from hf_dwakd.config import DWAKDConfig
 from hf_dwakd.evaluation import alpaca_prompt
 from hf_dwakd.scripts import train as train_script
 
-from testing_utils import load_tokenizer, tiny_causal_lm
+from testing_utils import save_tiny_model, write_jsonl
 
 DSKD_ROWS = [
     {"instruction": f"Question {i}?", "prompt": alpaca_prompt(f"Question {i}?"), "input": "", "output": f"Answer {i}."}
     for i in range(6)
 ]
-
-
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def write_recipe(path, **fields):
@@ -44,9 +38,7 @@ def models(tmp_path_factory):
         ("student", "gpt2", "gpt2", 16),
         ("teacher", "llama2", "llama", 24),
     ):
-        tokenizer = load_tokenizer(tokenizer_name)
-        tiny_causal_lm(tokenizer, family=family, hidden_size=hidden_size, seed=3).save_pretrained(root / role)
-        tokenizer.save_pretrained(root / role)
+        save_tiny_model(root / role, tokenizer_name, family, hidden_size, seed=3)
     return root
 
 

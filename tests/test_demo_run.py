@@ -9,7 +9,7 @@ from trl import get_peft_config
 
 from hf_dwakd.demo import run
 
-from testing_utils import load_tokenizer, tiny_causal_lm
+from testing_utils import save_tiny_model
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_cpu.yaml"
 
@@ -48,10 +48,7 @@ def test_bad_arguments_are_refused_before_any_model_loads(flags, message, monkey
 def test_demo_trains_scores_and_saves_with_tiny_models(tmp_path, monkeypatch):
     folders = {}
     for name, tokenizer_name in (("gemma-3-270m", "gpt2"), ("smollm2-135m-instruct", "llama2")):
-        tokenizer = load_tokenizer(tokenizer_name)
-        folders[name] = tmp_path / name
-        tiny_causal_lm(tokenizer, hidden_size=32).save_pretrained(folders[name])
-        tokenizer.save_pretrained(folders[name])
+        folders[name] = save_tiny_model(tmp_path / name, tokenizer_name)
     monkeypatch.setattr(run, "demo_model_path", folders.__getitem__)
     output_dir = tmp_path / "student"
     flags = ["--train_examples", "4", "--per_device_train_batch_size", "2", "--max_steps", "2"]

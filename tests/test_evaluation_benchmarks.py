@@ -17,7 +17,7 @@ from hf_dwakd.evaluation.benchmarks import (
     parse_benchmark_names,
 )
 
-from testing_utils import DATA, SHARED_DATA, requires_shared_data
+from testing_utils import DATA, SHARED_DATA, requires_shared_data, write_jsonl
 
 # The two templates exactly as docs/method.md (Evaluation protocol) and ../shared/data/NOTICE.md state them.
 WITH_INPUT = (
@@ -29,11 +29,6 @@ WITHOUT_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
 
 
 def dolly_record(number):
@@ -135,18 +130,15 @@ def test_missing_file_names_the_path_and_the_fix(tmp_path):
 
 def test_malformed_records_name_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "a", "output": "b"}\n{"prompt": "c"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.jsonl:2: no `output` field"):
-        examples_from_jsonl(path)
-    path.write_text('{"prompt": "a", "output": "b"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
-        examples_from_jsonl(path)
-    path.write_text('{"output": "b"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="needs a `prompt` or an `instruction`"):
-        examples_from_jsonl(path)
-    path.write_text('{"prompt": "a", "output": []}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="non-empty list of strings"):
-        examples_from_jsonl(path)
+    for text, message in (
+        ('{"prompt": "a", "output": "b"}\n{"prompt": "c"}\n', "bad.jsonl:2: no `output` field"),
+        ('{"prompt": "a", "output": "b"}\n{not json\n', "bad.jsonl:2: not valid JSON"),
+        ('{"output": "b"}\n', "needs a `prompt` or an `instruction`"),
+        ('{"prompt": "a", "output": []}\n', "non-empty list of strings"),
+    ):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            examples_from_jsonl(path)
 
 
 def read_lines(path):

@@ -15,15 +15,10 @@ from hf_dwakd.evaluation.benchmarks import alpaca_prompt
 from hf_dwakd.evaluation.command import build_parser, main
 from hf_dwakd.evaluation.report import collect_results, markdown_table
 
-from testing_utils import load_tokenizer, tiny_causal_lm
+from testing_utils import load_tokenizer, save_tiny_model, tiny_causal_lm, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--max_length", "40", "--max_prompt_length", "32", "--batch_size", "2"]
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +40,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
-    tokenizer = load_tokenizer("gpt2")
-    tiny_causal_lm(tokenizer, family="gpt2").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", "gpt2", family="gpt2")
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +55,7 @@ def adapter_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tokenizer = load_tokenizer("llama2")
-    tiny_causal_lm(tokenizer, family="llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama2", family="llama")
 
 
 def independent_rouge_l(prediction, references):

@@ -12,7 +12,7 @@ from hf_dwakd.logit_rule import logit_postprocessing, reproduces_logits
 from hf_dwakd.model_side import ModelSide
 from hf_dwakd.teacher_cache import build_teacher_cache
 
-from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
+from testing_utils import ROWS, make_config, shared_tokenizers, tiny_causal_lm
 
 # Soft-capping at a million changes no logit of a tiny model beyond rounding: only the config can tell.
 UNSEEN_CAP = 1e6
@@ -38,7 +38,7 @@ def capped_model(tokenizer):
 
 
 def test_the_trainer_reads_the_config_before_the_numbers(tmp_path):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     trainer = DWAKDTrainer(
         model=capped_model(tokenizer),
         args=make_config(tmp_path, kd_method="sft"),
@@ -52,18 +52,18 @@ def test_the_trainer_reads_the_config_before_the_numbers(tmp_path):
 
 
 def test_the_cache_build_refuses_by_the_same_rule(tmp_path):
-    tokenizer = load_tokenizer("llama2")
+    tokenizer = shared_tokenizers()[1]
     capped_model(tokenizer).save_pretrained(tmp_path / "capped")
     tokenizer.save_pretrained(tmp_path / "capped")
     args = make_config(
         tmp_path, teacher_model_name_or_path=str(tmp_path / "capped"), teacher_cache_dir=str(tmp_path / "cache")
     )
     with pytest.raises(ValueError, match=f"cannot be cached.*final_logit_softcapping={UNSEEN_CAP}"):
-        build_teacher_cache(args, Dataset.from_list(ROWS[:2]), student_tokenizer=load_tokenizer("gpt2"))
+        build_teacher_cache(args, Dataset.from_list(ROWS[:2]), student_tokenizer=shared_tokenizers()[0])
 
 
 def test_inspect_takes_the_full_logits_of_a_model_that_post_processes_them():
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     batch = example_batch(ROWS[0], student_tokenizer, teacher_tokenizer, 64, 32)
     student = ModelSide("student", len(student_tokenizer), model=tiny_causal_lm(student_tokenizer, seed=1))
     teacher = ModelSide("teacher", len(teacher_tokenizer), prefix="teacher_", model=capped_model(teacher_tokenizer))

@@ -1,8 +1,6 @@
 """Scores on the model card: `hf-dwakd evaluate --update_model_card` writes them as the Hub reads them, a second
 evaluation updates them, the trainer's own card keeps them, and `push_to_hub` uploads them with the student only."""
 
-import fnmatch
-import json
 import os
 import shutil
 
@@ -18,9 +16,16 @@ from hf_dwakd.evaluation.benchmarks import BENCHMARKS, alpaca_prompt
 from hf_dwakd.evaluation.command import main as evaluate
 from hf_dwakd.model_card import SCORES_BEGIN
 from hf_dwakd.teacher_cache import build_teacher_cache
-from hf_dwakd.trainer import PROJECTORS_NAME
 
-from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
+from testing_utils import (
+    ROWS,
+    UPLOADED_FILES,
+    make_config,
+    record_hub_uploads,
+    save_tiny_model,
+    shared_tokenizers,
+    write_jsonl,
+)
 
 QUICK = ["--max_length", "40", "--max_prompt_length", "32", "--batch_size", "2", "--max_examples", "2"]
 TITLES = {"dolly": "Dolly", "self-inst": "Self-Inst", "vicuna": "Vicuna"}
@@ -34,11 +39,6 @@ def scripted_responses(monkeypatch):
     monkeypatch.setattr(
         runner, "generate_responses", lambda model, tokenizer, ids, seed, *_: [RESPONSES[seed]] * len(ids)
     )
-
-
-def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,7 @@ def folders(tmp_path_factory):
         ("student", "gpt2", "gpt2", 16, 1),
         ("teacher", "llama2", "llama", 24, 2),
     ):
-        tokenizer = load_tokenizer(tokenizer_name)
-        tiny_causal_lm(tokenizer, family=family, hidden_size=hidden_size, seed=seed).save_pretrained(root / role)
-        tokenizer.save_pretrained(root / role)
+        save_tiny_model(root / role, tokenizer_name, family, hidden_size, seed)
     return root
 
 
@@ -143,29 +141,12 @@ def make_trainer(folders, tmp_path, **overrides):
         model=AutoModelForCausalLM.from_pretrained(folders / "student"),
         args=args,
         train_dataset=Dataset.from_list(ROWS),
-        processing_class=load_tokenizer("gpt2"),
+        processing_class=shared_tokenizers()[0],
     )
 
 
 def test_push_after_an_evaluation_uploads_its_scores_with_the_student_only(folders, data_dir, tmp_path, monkeypatch):
-    import transformers.trainer as hf_trainer
-
-    uploads = []
-
-    class FakeHubApi:
-        def upload_folder(self, folder_path, ignore_patterns=(), **kwargs):
-            names = sorted(
-                name
-                for name in os.listdir(folder_path)
-                if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns)
-            )
-            with safe_open(os.path.join(folder_path, "model.safetensors"), "pt") as weights:
-                shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
-            card = open(os.path.join(folder_path, "README.md"), encoding="utf-8").read()
-            uploads.append((kwargs["repo_id"], names, shapes, card))
-
-    monkeypatch.setattr(hf_trainer, "hf_api", lambda: FakeHubApi())
-    monkeypatch.setattr(DWAKDTrainer, "init_hf_repo", lambda self, token=None, private=None: None)
+    uploads = record_hub_uploads(monkeypatch)
     trainer = make_trainer(folders, tmp_path, max_steps=1, hub_model_id="someone/tiny-student")
     trainer.hub_model_id = "someone/tiny-student"
     trainer.train()
@@ -175,22 +156,16 @@ def test_push_after_an_evaluation_uploads_its_scores_with_the_student_only(folde
     results = run_evaluation(output_dir, data_dir, tmp_path / "eval", "dolly,vicuna", seeds=1)
     trainer.push_to_hub()
 
-    ((repo_id, names, shapes, card),) = uploads
-    assert repo_id == "someone/tiny-student"
+    (upload,) = uploads
+    card = upload["card"]
+    assert upload["repo_id"] == "someone/tiny-student"
     assert model_index_scores(card) == expected_scores(results)
     assert card.count(SCORES_BEGIN) == 1 and len(table_rows(card)) == 2
     assert f"Distilled from the teacher model `{folders / 'teacher'}` with `dwakd`" in card
-    assert set(names) == {
-        "README.md",
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        PROJECTORS_NAME,
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "training_args.bin",
-    }
+    assert set(upload["names"]) == UPLOADED_FILES
     # The weights are the student's, all of them, and nothing of the teacher.
+    with safe_open(upload["folder"] / "model.safetensors", "pt") as weights:
+        shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
     student = AutoModelForCausalLM.from_pretrained(folders / "student")
     tied = {"lm_head.weight"} if student.config.tie_word_embeddings else set()
     assert shapes == {name: tuple(value.shape) for name, value in student.state_dict().items() if name not in tied}
@@ -200,7 +175,7 @@ def test_a_run_with_a_teacher_cache_names_its_teacher_on_the_card(folders, tmp_p
     args = make_config(
         tmp_path, teacher_model_name_or_path=str(folders / "teacher"), teacher_cache_dir=str(tmp_path / "cache")
     )
-    build_teacher_cache(args, Dataset.from_list(ROWS), student_tokenizer=load_tokenizer("gpt2"))
+    build_teacher_cache(args, Dataset.from_list(ROWS), student_tokenizer=shared_tokenizers()[0])
     trainer = make_trainer(folders, tmp_path, teacher_cache_dir=str(tmp_path / "cache"))
     assert trainer.teacher_model is None and trainer.cached_teacher is not None
 

@@ -4,7 +4,6 @@ The student reads GPT-2's tokenizer, the two teachers Llama-2's (SentencePiece) 
 BPE): three vocabularies, none shared.
 """
 
-import fnmatch
 import functools
 import json
 import os
@@ -20,8 +19,17 @@ from hf_dwakd.projectors import DWAKDProjectors
 from hf_dwakd.scripts import train as train_script
 from hf_dwakd.teacher_cache import LightTeacher, build_teacher_cache
 from hf_dwakd.teacher_list import teacher_names
+from hf_dwakd.trainer import PROJECTORS_NAME
 
-from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
+from testing_utils import (
+    ROWS,
+    UPLOADED_FILES,
+    load_tokenizer,
+    make_config,
+    record_hub_uploads,
+    tiny_causal_lm,
+    write_cpu_recipe,
+)
 
 WEIGHTS = [3.0, 1.0]  # normalised to 0.75 / 0.25
 NAMES = ["llama-teacher", "smollm-teacher"]
@@ -40,6 +48,16 @@ def teachers():
     for model, name in zip((first, second), NAMES):
         model.config._name_or_path = f"tiny/{name}"
     return first, second
+
+
+def save_models(folder):
+    """The student and both teachers saved in `folder` ("student" and the teachers' names), with their tokenizers."""
+    student_tokenizer, *teacher_tokenizers = tokenizers()
+    tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1).save_pretrained(folder / "student")
+    student_tokenizer.save_pretrained(folder / "student")
+    for name, model, tokenizer in zip(NAMES, teachers(), teacher_tokenizers):
+        model.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name)
 
 
 def build(tmp_path, which=(0, 1), trainer_class=DWAKDTrainer, **overrides):
@@ -137,8 +155,6 @@ def test_loss_is_the_weighted_sum_of_single_teacher_losses(tmp_path, method):
 
 
 def test_checkpoints_resume_push_and_card_with_two_teachers(tmp_path, monkeypatch):
-    import transformers.trainer as hf_trainer
-
     common = dict(max_steps=1, save_strategy="steps", save_steps=1, teacher_weights=WEIGHTS)
     trained = build(tmp_path / "trained", hub_model_id="someone/tiny-student", **common)
     trained.train()
@@ -163,32 +179,13 @@ def test_checkpoints_resume_push_and_card_with_two_teachers(tmp_path, monkeypatc
     with pytest.raises(FileNotFoundError, match=f"projectors-{NAMES[1]}.safetensors is missing"):
         again.train(resume_from_checkpoint=str(checkpoint))
 
-    uploads = []
-
-    class FakeHubApi:
-        def upload_folder(self, folder_path, ignore_patterns=(), **kwargs):
-            names = sorted(
-                name
-                for name in os.listdir(folder_path)
-                if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns)
-            )
-            uploads.append((names, open(os.path.join(folder_path, "README.md")).read()))
-
-    monkeypatch.setattr(hf_trainer, "hf_api", lambda: FakeHubApi())
-    monkeypatch.setattr(DWAKDTrainer, "init_hf_repo", lambda self, token=None, private=None: None)
+    uploads = record_hub_uploads(monkeypatch)
     trained.hub_model_id = "someone/tiny-student"
     trained.push_to_hub()
-    ((names, card),) = uploads
-    assert set(names) == {
-        "README.md",
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        *(f"projectors-{name}.safetensors" for name in NAMES),
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "training_args.bin",
-    }
+    (upload,) = uploads
+    card = upload["card"]
+    projectors = {f"projectors-{name}.safetensors" for name in NAMES}  # one file per teacher
+    assert set(upload["names"]) == UPLOADED_FILES - {PROJECTORS_NAME} | projectors
     student_weights = load_file(tmp_path / "trained" / "out" / "model.safetensors")
     assert student_weights.keys() == trained.model.state_dict().keys() - {
         key for key in trained.model.state_dict() if key.startswith("dwakd_projectors.")
@@ -322,12 +319,8 @@ def test_inspect_draws_one_row_per_teacher(tmp_path, capsys):
 
     from hf_dwakd.cli import main as cli_main
 
-    student_tokenizer, *teacher_tokenizers = tokenizers()
-    tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1).save_pretrained(tmp_path / "student")
-    student_tokenizer.save_pretrained(tmp_path / "student")
-    for name, model, tokenizer in zip(NAMES, teachers(), teacher_tokenizers):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
+    save_models(tmp_path)
+    for name, model in zip(NAMES, teachers()):
         torch.manual_seed(len(name))
         projectors = DWAKDProjectors(16, model.config.hidden_size).state_dict()
         path = tmp_path / "student" / f"projectors-{name}.safetensors"
@@ -359,28 +352,13 @@ def test_inspect_draws_one_row_per_teacher(tmp_path, capsys):
 def test_cache_teacher_command_builds_the_listed_teachers_caches_and_train_reads_them(tmp_path):
     from hf_dwakd import cli
 
-    student_tokenizer, *teacher_tokenizers = tokenizers()
-    tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1).save_pretrained(tmp_path / "student")
-    student_tokenizer.save_pretrained(tmp_path / "student")
-    for name, model, tokenizer in zip(NAMES, teachers(), teacher_tokenizers):
-        model.save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps({"prompt": row["prompt"], "output": row["completion"]}) + "\n" for row in ROWS)
-    recipe = {
-        "model_name_or_path": str(tmp_path / "student"),
-        "teacher_model_name_or_path": [str(tmp_path / name) for name in NAMES],
-        "teacher_cache_dir": [str(tmp_path / "cache"), None],  # the second teacher runs live
-        "dataset_files": [f"train={tmp_path / 'train.jsonl'}"],
-        "output_dir": str(tmp_path / "out"),
-        "max_length": 64,
-        "max_prompt_length": 32,
-        "use_cpu": True,
-        "bf16": False,
-        "report_to": "none",
-    }
-    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
-    argv = ["--config", str(tmp_path / "recipe.yaml")]
+    save_models(tmp_path)
+    argv = write_cpu_recipe(
+        tmp_path,
+        model_name_or_path=str(tmp_path / "student"),
+        teacher_model_name_or_path=[str(tmp_path / name) for name in NAMES],
+        teacher_cache_dir=[str(tmp_path / "cache"), None],  # the second teacher runs live
+    )
     cli.main(["cache-teacher", *argv])
     metadata = json.loads((tmp_path / "cache" / "metadata.json").read_text())
     assert metadata["splits"]["train"]["rows"] == len(ROWS)

@@ -17,15 +17,19 @@ from hf_dwakd import DWAKDTrainer
 from hf_dwakd.data import DistillationCollator, prepare_distillation_dataset
 from hf_dwakd.teacher_cache import build_teacher_cache, load_light_teacher, shard_range
 
-from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
+from testing_utils import (
+    BASELINE_OPTIONS,
+    ROWS,
+    make_config,
+    method_options,
+    save_tiny_model,
+    shared_tokenizers,
+    tiny_causal_lm,
+    write_cpu_recipe,
+    write_dskd_file,
+)
 
-METHOD_OPTIONS = {
-    "dwakd": {},
-    "dskd": {},
-    "uld": {"uld_top_k": 64},
-    "mined": {},
-    "multilevel_ot": {"ot_top_k": 16},
-}
+METHODS = sorted(["dwakd", *BASELINE_OPTIONS])
 EVAL_ROWS = ROWS[:3]
 
 
@@ -34,15 +38,8 @@ def folders(tmp_path_factory):
     """A saved tiny Llama teacher (with the Llama-2 tokenizer) and a saved tiny student (GPT-2 tokenizer)."""
     root = tmp_path_factory.mktemp("models")
     for role, tokenizer_name, hidden_size, seed in (("student", "gpt2", 16, 1), ("teacher", "llama2", 24, 2)):
-        tokenizer = load_tokenizer(tokenizer_name)
-        tiny_causal_lm(tokenizer, hidden_size=hidden_size, seed=seed).save_pretrained(root / role)
-        tokenizer.save_pretrained(root / role)
+        save_tiny_model(root / role, tokenizer_name, hidden_size=hidden_size, seed=seed)
     return root
-
-
-@pytest.fixture(scope="module")
-def mined_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("mined-cache"))
 
 
 def config(tmp_path, folders, **overrides):
@@ -53,7 +50,7 @@ def build(tmp_path, folders, rows=ROWS, eval_rows=EVAL_ROWS, **overrides):
     args = config(tmp_path, folders, teacher_cache_dir=str(tmp_path / "cache"), **overrides)
     eval_dataset = Dataset.from_list(eval_rows) if eval_rows else None
     return build_teacher_cache(
-        args, Dataset.from_list(rows), eval_dataset, student_tokenizer=load_tokenizer("gpt2")
+        args, Dataset.from_list(rows), eval_dataset, student_tokenizer=shared_tokenizers()[0]
     )
 
 
@@ -81,7 +78,7 @@ def trainer(tmp_path, folders, rows=ROWS, cls=RecordingTrainer, **overrides):
         args=config(tmp_path, folders, **overrides),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(EVAL_ROWS),
-        processing_class=load_tokenizer("gpt2"),
+        processing_class=shared_tokenizers()[0],
     )
 
 
@@ -102,11 +99,9 @@ def relative_difference(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+@pytest.mark.parametrize("method", METHODS)
 def test_float32_cache_trains_like_the_live_teacher(tmp_path, folders, mined_cache, method):
-    options = dict(METHOD_OPTIONS[method])
-    if method == "mined":
-        options["mined_cache_dir"] = mined_cache
+    options = method_options(method, mined_cache)
     build(tmp_path, folders, kd_method=method, **options)
     live = train_recording_gradients(trainer(tmp_path / "live", folders, kd_method=method, **options))
     cached = train_recording_gradients(
@@ -147,8 +142,8 @@ def test_cache_stores_response_states_and_metadata(tmp_path, folders):
     assert (metadata["max_length"], metadata["max_prompt_length"]) == (64, 32)
     assert sorted(metadata["splits"]) == ["eval", "train"]
 
-    teacher_tokenizer = load_tokenizer("llama2")
-    prepared = prepare_distillation_dataset(Dataset.from_list(ROWS), load_tokenizer("gpt2"), teacher_tokenizer, 64, 32)
+    teacher_tokenizer = shared_tokenizers()[1]
+    prepared = prepare_distillation_dataset(Dataset.from_list(ROWS), shared_tokenizers()[0], teacher_tokenizer, 64, 32)
     stored = load_from_disk(str(path / "train")).with_format("numpy", dtype=None)
     teacher = AutoModelForCausalLM.from_pretrained(folders / "teacher").eval()
     for row, states in zip(prepared, stored["teacher_hidden"]):
@@ -189,9 +184,7 @@ def test_a_stale_cache_is_refused_before_training(tmp_path, folders, change, mes
     change = dict(change)
     if change.pop("teacher", None):
         other = tmp_path / "other-teacher"
-        tokenizer = load_tokenizer("llama2")
-        tiny_causal_lm(tokenizer, hidden_size=24, seed=5).save_pretrained(other)
-        tokenizer.save_pretrained(other)
+        save_tiny_model(other, "llama2", hidden_size=24, seed=5)
         change["teacher_model_name_or_path"] = str(other)
     rows = change.pop("rows", ROWS)
     loaded = []
@@ -231,7 +224,7 @@ def test_resume_with_a_cache_equals_an_uninterrupted_run(tmp_path, folders):
 
 
 def test_a_soft_capping_teacher_is_refused_at_build(tmp_path, folders):
-    tokenizer = load_tokenizer("llama2")
+    tokenizer = shared_tokenizers()[1]
     capped = tiny_causal_lm(tokenizer, family="gemma3", final_logit_softcapping=0.5)
     capped.save_pretrained(tmp_path / "capped")
     tokenizer.save_pretrained(tmp_path / "capped")
@@ -241,7 +234,7 @@ def test_a_soft_capping_teacher_is_refused_at_build(tmp_path, folders):
 
 
 def test_light_teacher_reads_only_the_embedding_and_output_layers(tmp_path):
-    tokenizer = load_tokenizer("llama2")
+    tokenizer = shared_tokenizers()[1]
     for tied in (False, True):
         model = tiny_causal_lm(tokenizer, hidden_size=24, num_layers=2, seed=3)
         if tied:
@@ -285,22 +278,12 @@ def test_cache_teacher_command_builds_what_train_reads(tmp_path, folders):
     from hf_dwakd import cli
     from hf_dwakd.scripts import train as train_script
 
-    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps({"prompt": row["prompt"], "output": row["completion"]}) + "\n" for row in ROWS)
-    recipe = {
-        "model_name_or_path": str(folders / "student"),
-        "teacher_model_name_or_path": str(folders / "teacher"),
-        "dataset_files": [f"train={tmp_path / 'train.jsonl'}"],
-        "output_dir": str(tmp_path / "out"),
-        "teacher_cache_dir": str(tmp_path / "cache"),
-        "max_length": 64,
-        "max_prompt_length": 32,
-        "use_cpu": True,
-        "bf16": False,
-        "report_to": "none",
-    }
-    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
-    argv = ["--config", str(tmp_path / "recipe.yaml")]
+    argv = write_cpu_recipe(
+        tmp_path,
+        model_name_or_path=str(folders / "student"),
+        teacher_model_name_or_path=str(folders / "teacher"),
+        teacher_cache_dir=str(tmp_path / "cache"),
+    )
     cli.main(["cache-teacher", *argv, "--teacher_cache_dtype", "float16"])
     metadata = json.loads((tmp_path / "cache" / "metadata.json").read_text())
     assert metadata["dtype"] == "float16" and list(metadata["splits"]) == ["train"]
@@ -325,8 +308,7 @@ def test_cache_teacher_command_needs_the_folder(tmp_path, folders, capsys):
 
 @pytest.mark.slow
 def test_two_processes_build_the_same_cache_as_one(tmp_path, folders):
-    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps({"prompt": r["prompt"], "output": r["completion"]}) + "\n" for r in ROWS[:7])
+    write_dskd_file(tmp_path / "train.jsonl", ROWS[:7])
     flags = [
         "--model_name_or_path", str(folders / "student"), "--teacher_model_name_or_path", str(folders / "teacher"),
         "--dataset_files", f"train={tmp_path / 'train.jsonl'}", "--output_dir", str(tmp_path / "out"),
@@ -360,7 +342,7 @@ def test_a_teacher_retrained_in_place_is_refused(tmp_path, folders):
     teacher = copied_teacher(tmp_path, folders)
     build(tmp_path, folders, teacher_model_name_or_path=str(teacher))
     # Same name, same config, same tokenizer: other weights.
-    tiny_causal_lm(load_tokenizer("llama2"), hidden_size=24, seed=9).save_pretrained(teacher)
+    tiny_causal_lm(shared_tokenizers()[1], hidden_size=24, seed=9).save_pretrained(teacher)
     with pytest.raises(ValueError, match="another teacher_weights"):
         trainer(
             tmp_path / "run",
@@ -374,7 +356,7 @@ def test_an_in_memory_teacher_is_known_by_its_weights(tmp_path, folders):
     teacher = AutoModelForCausalLM.from_pretrained(folders / "teacher")
     args = config(tmp_path, folders, teacher_cache_dir=str(tmp_path / "cache"))
     train, evaluation = Dataset.from_list(ROWS), Dataset.from_list(EVAL_ROWS)
-    build_teacher_cache(args, train, evaluation, student_tokenizer=load_tokenizer("gpt2"), teacher_model=teacher)
+    build_teacher_cache(args, train, evaluation, student_tokenizer=shared_tokenizers()[0], teacher_model=teacher)
 
     def run():
         return DWAKDTrainer(
@@ -383,8 +365,8 @@ def test_an_in_memory_teacher_is_known_by_its_weights(tmp_path, folders):
             args=config(tmp_path / "run", folders, teacher_cache_dir=str(tmp_path / "cache")),
             train_dataset=Dataset.from_list(ROWS),
             eval_dataset=Dataset.from_list(EVAL_ROWS),
-            processing_class=load_tokenizer("gpt2"),
-            teacher_processing_class=load_tokenizer("llama2"),
+            processing_class=shared_tokenizers()[0],
+            teacher_processing_class=shared_tokenizers()[1],
         )
 
     assert run().cached_teacher is not None
@@ -395,7 +377,7 @@ def test_an_in_memory_teacher_is_known_by_its_weights(tmp_path, folders):
 
 
 def test_a_float16_cache_refuses_states_that_overflow(tmp_path, folders):
-    tokenizer = load_tokenizer("llama2")
+    tokenizer = shared_tokenizers()[1]
     loud = tiny_causal_lm(tokenizer, hidden_size=24, seed=2)
     with torch.no_grad():
         loud.model.norm.weight.fill_(1e6)  # last hidden states far beyond float16's 65504

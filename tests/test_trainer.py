@@ -12,7 +12,16 @@ from transformers import TrainerCallback
 from hf_dwakd import DWAKDTrainer
 from hf_dwakd.trainer import PROJECTORS_ATTRIBUTE, PROJECTORS_NAME
 
-from testing_utils import ROWS, clone_parameters, load_tokenizer, make_config, make_trainer, tiny_causal_lm
+from testing_utils import (
+    ROWS,
+    UPLOADED_FILES,
+    clone_parameters,
+    make_config,
+    make_trainer,
+    record_hub_uploads,
+    shared_tokenizers,
+    tiny_causal_lm,
+)
 
 COMPONENTS = ["ce", "kd_student", "kd_teacher", "ce_t2s", "dtw_hidden", "dtw_embed"]
 
@@ -59,7 +68,7 @@ def test_lora_trains_adapter_and_projectors_but_not_base_weights(tmp_path):
 
 def test_lora_over_a_bf16_base_trains_float32_projectors_to_the_last_step(tmp_path):
     """Projectors follow the float32 LoRA adapters, not the frozen bf16 base: a late, small update is not lost."""
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     before_last_step = {}
 
@@ -159,40 +168,16 @@ def test_resume_without_projectors_is_refused(tmp_path):
 
 
 def test_push_to_hub_uploads_student_tokenizer_card_and_never_the_teacher(tmp_path, monkeypatch):
-    import transformers.trainer as hf_trainer
-
-    uploads = []
-
-    class FakeHubApi:
-        def upload_folder(self, folder_path, ignore_patterns=(), **kwargs):
-            import fnmatch
-
-            names = sorted(
-                name
-                for name in os.listdir(folder_path)
-                if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns)
-            )
-            uploads.append((kwargs["repo_id"], names, open(os.path.join(folder_path, "README.md")).read()))
-
-    monkeypatch.setattr(hf_trainer, "hf_api", lambda: FakeHubApi())
-    monkeypatch.setattr(DWAKDTrainer, "init_hf_repo", lambda self, token=None, private=None: None)
+    uploads = record_hub_uploads(monkeypatch)
     trainer = make_trainer(tmp_path, max_steps=1, hub_model_id="someone/tiny-student")
     trainer.hub_model_id = "someone/tiny-student"
     trainer.train()
     trainer.push_to_hub()
 
-    (repo_id, names, card), = uploads
-    assert repo_id == "someone/tiny-student"
-    assert set(names) == {
-        "README.md",
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        PROJECTORS_NAME,
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "training_args.bin",
-    }
+    (upload,) = uploads
+    card = upload["card"]
+    assert upload["repo_id"] == "someone/tiny-student"
+    assert set(upload["names"]) == UPLOADED_FILES
     for tag in ("trl", "dwa-kd", "distillation"):
         assert tag in card
     assert "2602.21669" in card
@@ -243,64 +228,59 @@ def test_kd_warmup_leaves_the_other_terms_and_logs_the_scale(tmp_path):
     assert first["loss"] == pytest.approx(expected, rel=1e-3)
 
 
+def assert_refused(tmp_path, match, args=None, rows=ROWS, **trainer_fields):
+    """Building the trainer raises a ValueError matching `match` (defaults: `make_config`, the shared rows)."""
+    with pytest.raises(ValueError, match=match):
+        DWAKDTrainer(args=args or make_config(tmp_path), train_dataset=Dataset.from_list(rows), **trainer_fields)
+
+
 class TestErrorsBeforeExpensiveWork:
-    def test_no_teacher(self, tmp_path):
-        tokenizer = load_tokenizer("gpt2")
-        with pytest.raises(ValueError, match="teacher_model_name_or_path"):
-            DWAKDTrainer(
-                model=tiny_causal_lm(tokenizer),
-                args=make_config(tmp_path),
-                train_dataset=Dataset.from_list(ROWS),
-                processing_class=tokenizer,
-            )
+    def test_no_teacher(self, tmp_path, student_tokenizer):
+        student = tiny_causal_lm(student_tokenizer)
+        assert_refused(tmp_path, "teacher_model_name_or_path", model=student, processing_class=student_tokenizer)
 
-    def test_teacher_init_kwargs_with_a_built_teacher(self, tmp_path):
-        tokenizer = load_tokenizer("gpt2")
-        with pytest.raises(ValueError, match="teacher_model_init_kwargs"):
-            DWAKDTrainer(
-                model=tiny_causal_lm(tokenizer),
-                teacher_model=tiny_causal_lm(tokenizer),
-                args=make_config(tmp_path, teacher_model_init_kwargs='{"dtype": "float32"}'),
-                train_dataset=Dataset.from_list(ROWS),
-                processing_class=tokenizer,
-            )
+    def test_teacher_init_kwargs_with_a_built_teacher(self, tmp_path, student_tokenizer):
+        assert_refused(
+            tmp_path,
+            "teacher_model_init_kwargs",
+            args=make_config(tmp_path, teacher_model_init_kwargs='{"dtype": "float32"}'),
+            model=tiny_causal_lm(student_tokenizer),
+            teacher_model=tiny_causal_lm(student_tokenizer),
+            processing_class=student_tokenizer,
+        )
 
-    def test_teacher_tokenizer_not_found(self, tmp_path):
-        tokenizer = load_tokenizer("gpt2")
-        teacher = tiny_causal_lm(load_tokenizer("llama2"))
+    def test_teacher_tokenizer_not_found(self, tmp_path, student_tokenizer, teacher_tokenizer):
+        teacher = tiny_causal_lm(teacher_tokenizer)
         teacher.config._name_or_path = str(tmp_path / "no-such-teacher")
-        with pytest.raises(ValueError, match="teacher_processing_class"):
-            DWAKDTrainer(
-                model=tiny_causal_lm(tokenizer),
-                teacher_model=teacher,
-                args=make_config(tmp_path),
-                train_dataset=Dataset.from_list(ROWS),
-                processing_class=tokenizer,
-            )
+        assert_refused(
+            tmp_path,
+            "teacher_processing_class",
+            model=tiny_causal_lm(student_tokenizer),
+            teacher_model=teacher,
+            processing_class=student_tokenizer,
+        )
 
     def test_bad_dataset_columns_before_any_model_loads(self, tmp_path):
-        with pytest.raises(ValueError, match="question"):
-            DWAKDTrainer(
-                model=str(tmp_path / "not-loaded"),
-                teacher_model=str(tmp_path / "not-loaded-either"),
-                args=make_config(tmp_path),
-                train_dataset=Dataset.from_list([{"question": "q", "answer": "a"}]),
-            )
+        assert_refused(
+            tmp_path,
+            "question",
+            rows=[{"question": "q", "answer": "a"}],
+            model=str(tmp_path / "not-loaded"),
+            teacher_model=str(tmp_path / "not-loaded-either"),
+        )
 
-    def test_peft_model_with_peft_config(self, tmp_path):
+    def test_peft_model_with_peft_config(self, tmp_path, student_tokenizer, teacher_tokenizer):
         from peft import get_peft_model
 
         lora = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
-        tokenizer = load_tokenizer("gpt2")
-        with pytest.raises(ValueError, match="PeftModel"):
-            DWAKDTrainer(
-                model=get_peft_model(tiny_causal_lm(tokenizer), lora),
-                teacher_model=tiny_causal_lm(load_tokenizer("llama2")),
-                args=make_config(tmp_path),
-                train_dataset=Dataset.from_list(ROWS),
-                processing_class=tokenizer,
-                peft_config=lora,
-            )
+        assert_refused(
+            tmp_path,
+            "PeftModel",
+            model=get_peft_model(tiny_causal_lm(student_tokenizer), lora),
+            teacher_model=tiny_causal_lm(teacher_tokenizer),
+            processing_class=student_tokenizer,
+            peft_config=lora,
+        )
 
     def test_missing_pad_token_falls_back_to_eos_with_a_warning(self, tmp_path):
         from transformers import AutoTokenizer
@@ -309,10 +289,10 @@ class TestErrorsBeforeExpensiveWork:
 
         student_tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "gpt2")
         assert student_tokenizer.pad_token is None
-        teacher_tokenizer = load_tokenizer("llama2")
+        teacher_tokenizer = shared_tokenizers()[1]
         with pytest.warns(UserWarning, match="no pad token"):
             trainer = DWAKDTrainer(
-                model=tiny_causal_lm(load_tokenizer("gpt2")),
+                model=tiny_causal_lm(shared_tokenizers()[0]),
                 teacher_model=tiny_causal_lm(teacher_tokenizer),
                 args=make_config(tmp_path),
                 train_dataset=Dataset.from_list(ROWS),
@@ -323,7 +303,7 @@ class TestErrorsBeforeExpensiveWork:
 
 
 def test_same_tokenizer_with_padded_vocabulary(tmp_path):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     student = tiny_causal_lm(tokenizer, hidden_size=16, vocab_size=len(tokenizer) + 47, seed=3)
     teacher = tiny_causal_lm(tokenizer, hidden_size=24, seed=4)
     trainer = DWAKDTrainer(
@@ -340,7 +320,7 @@ def test_same_tokenizer_with_padded_vocabulary(tmp_path):
 
 
 def test_evaluation_logs_prefixed_components(tmp_path):
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     trainer = DWAKDTrainer(
         model=tiny_causal_lm(student_tokenizer, hidden_size=16, seed=1),
         teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, seed=2),

@@ -11,29 +11,24 @@ from transformers import AutoModelForCausalLM
 from hf_dwakd import DWAKDTrainer
 from hf_dwakd.trainer import PROJECTORS_NAME
 
-from testing_utils import ROWS, load_tokenizer, make_config, make_trainer, tiny_causal_lm
+from testing_utils import (
+    BASELINE_OPTIONS,
+    ROWS,
+    make_config,
+    make_trainer,
+    method_options,
+    shared_tokenizers,
+    tiny_causal_lm,
+)
 
-METHOD_OPTIONS = {
-    "sft": {},
-    "dskd": {},
-    "uld": {"uld_top_k": 64},
-    "mined": {},
-    "multilevel_ot": {"ot_top_k": 16},
-}
-
-
-@pytest.fixture(scope="module")
-def mined_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("mined-cache"))
+METHODS = sorted(["sft", *BASELINE_OPTIONS])
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
+@pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_and_its_checkpoint_reloads(tmp_path, method, mined_cache):
-    options = dict(METHOD_OPTIONS[method])
-    if method == "mined":
-        options["mined_cache_dir"] = mined_cache
+    options = method_options(method, mined_cache)
     if method == "sft":
-        tokenizer = load_tokenizer("gpt2")
+        tokenizer = shared_tokenizers()[0]
         trainer = DWAKDTrainer(
             model=tiny_causal_lm(tokenizer, hidden_size=16, seed=1),
             args=make_config(tmp_path, kd_method="sft", max_steps=2, save_strategy="steps", save_steps=2),
@@ -67,7 +62,7 @@ def test_each_method_trains_and_its_checkpoint_reloads(tmp_path, method, mined_c
 
 
 def test_sft_loss_is_the_student_cross_entropy(tmp_path):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     model = tiny_causal_lm(tokenizer, hidden_size=16, seed=1)
     trainer = DWAKDTrainer(
         model=model,
@@ -100,7 +95,7 @@ def test_options_of_another_method_are_refused(tmp_path, overrides, owner):
 
 
 def test_sft_ignores_a_teacher_with_a_warning(tmp_path):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     with pytest.warns(UserWarning, match="uses no teacher"):
         trainer = DWAKDTrainer(
             model=tiny_causal_lm(tokenizer, hidden_size=16, seed=1),

@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 from hf_dwakd import DWAKDTrainer
 
-from testing_utils import ROWS, load_tokenizer, make_config, make_trainer, tiny_causal_lm
+from testing_utils import ROWS, make_config, make_trainer, shared_tokenizers, tiny_causal_lm
 
 
 def sft_trainer(tmp_path, model, tokenizer, **overrides):
@@ -32,7 +32,7 @@ def model_loss(model, batch):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_the_output_layer_on_the_last_hidden_state_gives_the_models_loss(tmp_path, family):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     model = tiny_causal_lm(tokenizer, family=family, hidden_size=16, seed=1)
     model.eval()  # no dropout: the two forwards below see the same network
     trainer = sft_trainer(tmp_path, model, tokenizer)
@@ -48,7 +48,7 @@ def test_the_output_layer_on_the_last_hidden_state_gives_the_models_loss(tmp_pat
 
 
 def test_a_model_with_final_logit_softcapping_falls_back_to_its_full_forward(tmp_path):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     # Soft-capping at 0.05 is small enough to change every logit.
     model = tiny_causal_lm(tokenizer, family="gemma3", hidden_size=16, seed=1, final_logit_softcapping=0.05).eval()
     trainer = sft_trainer(tmp_path, model, tokenizer)
@@ -63,7 +63,7 @@ def test_a_model_with_final_logit_softcapping_falls_back_to_its_full_forward(tmp
 
 
 def test_a_wrapper_scaling_the_logits_falls_back_to_its_full_forward(tmp_path):
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
 
     class ScaledLogits(LlamaForCausalLM):
         def forward(self, *args, logits_to_keep=0, **kwargs):
@@ -93,7 +93,7 @@ def test_a_wrapper_scaling_the_logits_falls_back_to_its_full_forward(tmp_path):
 def test_rows_only_and_full_forward_give_the_same_loss_and_gradients(
     tmp_path, student_family, padding, lora_modules
 ):
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     student = tiny_causal_lm(
         student_tokenizer, family=student_family, hidden_size=16, vocab_size=len(student_tokenizer) + padding, seed=1
     )

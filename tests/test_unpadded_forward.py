@@ -12,7 +12,7 @@ from hf_dwakd import DWAKDTrainer, model_side
 from hf_dwakd.model_side import ModelSide
 from hf_dwakd.unpadded import repadded, rows_of_different_lengths, unpadded_forward_matches, unpadded_inputs
 
-from testing_utils import ROWS, load_tokenizer, make_config, tiny_causal_lm
+from testing_utils import ROWS, make_config, shared_tokenizers, tiny_causal_lm
 
 
 def test_unpadded_inputs_and_repadded_follow_the_attention_mask():
@@ -31,7 +31,7 @@ def test_unpadded_inputs_and_repadded_follow_the_attention_mask():
 
 
 def distillation_trainer(tmp_path, student, unpadded_forward):
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     trainer = DWAKDTrainer(
         model=student,
         teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, num_layers=2, seed=2),
@@ -54,7 +54,7 @@ def second_batch_loss_and_gradients(trainer, batch):
 
 @pytest.mark.parametrize("student_family", ["llama", "gpt2", "gemma3"])
 def test_the_unpadded_forward_gives_the_padded_loss_and_gradients(tmp_path, student_family):
-    student_tokenizer = load_tokenizer("gpt2")
+    student_tokenizer = shared_tokenizers()[0]
     results, embedding_inputs = {}, []
     for unpadded in (False, True):
         student = tiny_causal_lm(student_tokenizer, family=student_family, hidden_size=16, num_layers=2, seed=1)
@@ -79,7 +79,7 @@ def test_the_unpadded_forward_gives_the_padded_loss_and_gradients(tmp_path, stud
 
 
 def test_a_model_whose_attention_ignores_position_ids_runs_padded(tmp_path):
-    student_tokenizer = load_tokenizer("gpt2")
+    student_tokenizer = shared_tokenizers()[0]
     losses = {}
     for unpadded in (False, True):
         student = tiny_causal_lm(student_tokenizer, hidden_size=16, num_layers=2, seed=1)
@@ -108,7 +108,7 @@ class IgnoresPositionIds(LlamaForCausalLM):
 
 
 def test_a_first_batch_of_one_row_still_finds_rows_that_see_each_other():
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     model = tiny_causal_lm(tokenizer, hidden_size=16, num_layers=2, seed=1)
     model.__class__ = IgnoresPositionIds
     side = ModelSide("student", len(tokenizer), model=model)
@@ -149,7 +149,7 @@ def test_leakage_into_one_short_row_is_not_averaged_away():
 def test_a_model_without_position_ids_runs_padded_without_the_check(tmp_path, monkeypatch):
     from transformers import BloomConfig, BloomForCausalLM
 
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     torch.manual_seed(1)
     config = BloomConfig(vocab_size=len(tokenizer), hidden_size=16, n_layer=2, n_head=2, pad_token_id=0)
     student = BloomForCausalLM(config)
@@ -172,7 +172,7 @@ def test_a_model_without_position_ids_runs_padded_without_the_check(tmp_path, mo
 def test_every_process_takes_the_decision_of_the_most_careful_one(monkeypatch):
     """Another process found that the unpadded forward differs (its all-reduce minimum is 0): this one runs padded
     too, although its own check passed."""
-    tokenizer = load_tokenizer("gpt2")
+    tokenizer = shared_tokenizers()[0]
     side = ModelSide("student", len(tokenizer), model=tiny_causal_lm(tokenizer, hidden_size=16, seed=1))
     reduced = []
 
@@ -191,7 +191,7 @@ def test_every_process_takes_the_decision_of_the_most_careful_one(monkeypatch):
 
 def test_mixed_precision_rounding_keeps_the_unpadded_forward(tmp_path):
     """Under bf16 autocast the two forwards round differently by 16-bit amounts: not a reason to run padded."""
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     trainer = DWAKDTrainer(
         model=tiny_causal_lm(student_tokenizer, hidden_size=16, num_layers=2, seed=1),
         teacher_model=tiny_causal_lm(teacher_tokenizer, hidden_size=24, num_layers=2, seed=2),

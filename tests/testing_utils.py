@@ -3,7 +3,11 @@
 Test files import from here; `conftest.py` only defines pytest fixtures (built with these helpers).
 """
 
+import fnmatch
+import functools
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from datasets import Dataset
 from hf_dwakd import DWAKDConfig, DWAKDTrainer
 from hf_dwakd.objective import SideOutputs
 from hf_dwakd.projectors import DWAKDProjectors
+from hf_dwakd.trainer import PROJECTORS_NAME
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZERS = FIXTURES / "tokenizers"
@@ -37,6 +42,13 @@ def load_tokenizer(name):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@functools.cache
+def shared_tokenizers():
+    """The GPT-2 and Llama-2 tokenizers loaded once, for the tests that only read them (a load takes a second):
+    callers that change a tokenizer (a chat template, ...) load their own with `load_tokenizer`."""
+    return load_tokenizer("gpt2"), load_tokenizer("llama2")
 
 
 # A ChatML-like template for the student and a Llama-2 [INST]-like one for the teacher (the fixtures have none).
@@ -74,29 +86,26 @@ def tiny_causal_lm(tokenizer, family="llama", hidden_size=32, num_layers=1, voca
     if family == "gpt2":
         config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=2, n_positions=1024, **common)
         return GPT2LMHeadModel(config)
-    if family == "gemma3":  # sliding-window attention over 4 tokens in every layer but each sixth
-        config = Gemma3TextConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=hidden_size // 2,
-            max_position_embeddings=1024,
-            sliding_window=4,
-            **common,
-        )
-        return Gemma3ForCausalLM(config)
-    config = LlamaConfig(
+    decoder = dict(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=2,
-        num_key_value_heads=2,
         max_position_embeddings=1024,
         **common,
     )
-    return LlamaForCausalLM(config)
+    if family == "gemma3":  # sliding-window attention over 4 tokens in every layer but each sixth
+        config = Gemma3TextConfig(num_key_value_heads=1, head_dim=hidden_size // 2, sliding_window=4, **decoder)
+        return Gemma3ForCausalLM(config)
+    return LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **decoder))
+
+
+def save_tiny_model(folder, tokenizer_name, family="llama", hidden_size=32, seed=0):
+    """`tiny_causal_lm` for the fixture tokenizer `tokenizer_name`, saved with that tokenizer in `folder`."""
+    tokenizer = load_tokenizer(tokenizer_name)
+    tiny_causal_lm(tokenizer, family=family, hidden_size=hidden_size, seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def logits_side(logits, labels, vocab_size=None):
@@ -220,6 +229,17 @@ ROWS = [
 ]
 
 
+# The options each baseline `kd_method` trains the tiny models with (`method_options` adds MinED's cache folder).
+BASELINE_OPTIONS = {"dskd": {}, "uld": {"uld_top_k": 64}, "mined": {}, "multilevel_ot": {"ot_top_k": 16}}
+
+
+def method_options(method, mined_cache_dir):
+    options = dict(BASELINE_OPTIONS.get(method, {}))
+    if method == "mined":
+        options["mined_cache_dir"] = mined_cache_dir
+    return options
+
+
 def make_config(tmp_path, **overrides):
     defaults = dict(
         output_dir=str(tmp_path / "out"),
@@ -242,7 +262,7 @@ def make_config(tmp_path, **overrides):
 
 
 def make_trainer(tmp_path, student_family="llama", peft_config=None, rows=ROWS, **overrides):
-    student_tokenizer, teacher_tokenizer = load_tokenizer("gpt2"), load_tokenizer("llama2")
+    student_tokenizer, teacher_tokenizer = shared_tokenizers()
     student = tiny_causal_lm(student_tokenizer, family=student_family, hidden_size=16, seed=1)
     teacher = tiny_causal_lm(teacher_tokenizer, family="llama", hidden_size=24, seed=2)
     return DWAKDTrainer(
@@ -258,3 +278,71 @@ def make_trainer(tmp_path, student_family="llama", peft_config=None, rows=ROWS, 
 
 def clone_parameters(module):
     return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+# ---- files ---------------------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def write_dskd_file(path, rows=ROWS):
+    """`rows` (prompt/completion) as a DSKD-format training file (prompt/output)."""
+    return write_jsonl(path, [{"prompt": row["prompt"], "output": row["completion"]} for row in rows])
+
+
+def write_cpu_recipe(folder, **fields):
+    """A recipe for a short CPU run on ROWS (written to `folder`/train.jsonl) with `fields`, as `folder`/recipe.yaml
+    (JSON, which is YAML); returns the `--config` arguments."""
+    recipe = {
+        "dataset_files": [f"train={write_dskd_file(folder / 'train.jsonl')}"],
+        "output_dir": str(folder / "out"),
+        "max_length": 64,
+        "max_prompt_length": 32,
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        **fields,
+    }
+    (folder / "recipe.yaml").write_text(json.dumps(recipe))
+    return ["--config", str(folder / "recipe.yaml")]
+
+
+# ---- pushing to the Hub, recorded instead -------------------------------------------------------------------------
+
+# What `push_to_hub` uploads from a trainer's output folder: the student, its tokenizer and card, the projectors.
+UPLOADED_FILES = {
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    PROJECTORS_NAME,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_args.bin",
+}
+
+
+def record_hub_uploads(monkeypatch):
+    """Make `push_to_hub` upload nothing; returns the list that receives each upload as a dict: `repo_id`, the
+    uploaded file `names` (sorted), the model `card` and the `folder`."""
+    import transformers.trainer as hf_trainer
+
+    uploads = []
+
+    class FakeHubApi:
+        def upload_folder(self, folder_path, ignore_patterns=(), **kwargs):
+            names = sorted(
+                name
+                for name in os.listdir(folder_path)
+                if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns)
+            )
+            card = Path(folder_path, "README.md").read_text(encoding="utf-8")
+            uploads.append(dict(repo_id=kwargs.get("repo_id"), names=names, card=card, folder=Path(folder_path)))
+
+    monkeypatch.setattr(hf_trainer, "hf_api", lambda: FakeHubApi())
+    monkeypatch.setattr(DWAKDTrainer, "init_hf_repo", lambda self, token=None, private=None: None)
+    return uploads
