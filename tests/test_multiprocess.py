@@ -116,8 +116,8 @@ def history(output_dir, suffix=""):
     return json.loads((output_dir / f"log_history{suffix}.json").read_text())
 
 
-# Each run's teachers and flags, and the logged components that must match. Every process runs the same runs in the
-# same order; each trainer seeds itself, so a run does not depend on the ones before it.
+# The teachers of each DDP run (its flags: `run_overrides`; what must match: `logged_components`). Every process runs
+# the same runs in the same order; each trainer seeds itself, so a run does not depend on the ones before it.
 TEACHERS = {"one_teacher": ["teacher"], "two_teachers": ["teacher", "teacher2"], "on_policy": ["teacher"]}
 FSDP2_STEPS = dict(max_steps=3, save_strategy="steps", save_steps=2)
 
