@@ -11,7 +11,8 @@ Protocol (benchmarks/README.md, "quality.py, version 2", written before the firs
    template renders them). One epoch, the same rows for every method; a training seed sets the initialisation
    (LoRA, projectors) and the data order.
 3. The teacher runs once, through the teacher cache, for every row that can read it (`sft` needs no teacher;
-   `dskd`, `dwakd`); the rows that cannot (TRL's GOLD, on-policy) run it live.
+   `dskd`, `dwakd`); the rows that cannot (TRL's GOLD, on-policy) run it live. The two-teacher row (issue S) adds
+   Gemma-3-270M fine-tuned on Dolly in the run (`--second_teacher_examples` rows), both teachers from caches.
 4. Scores of every model: teacher-forced bits per byte of the reference responses on `--bpb_examples` held-out
    examples of each set (all 80 of Vicuna), and sampled ROUGE-L (temperature 1, `--rouge_seeds` seeds) on the
    first `--rouge_examples` of each set. Per training seed, paired differences between methods, with their mean
@@ -45,6 +46,16 @@ from hf_dwakd.loading import load_model, load_tokenizer
 
 TEACHER, STUDENT = "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"
 TEACHER_TITLE, STUDENT_TITLE = "Qwen2.5-Coder-1.5B-Instruct (teacher)", "SmolLM2-135M-Instruct untrained (student)"
+# Issue S's second teacher: Gemma-3-270M (SentencePiece, 262k entries) fine-tuned on Dolly in the run, as round 2's.
+SECOND_BASE, SECOND_TEACHER = "gemma-3-270m", "second teacher"
+SECOND_TITLE = "Gemma-3-270M + Dolly SFT (second teacher)"
+# The base Gemma-3-270M ships no chat template; this one writes Gemma 3's turn format with the tokens it has.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 HUB_TRAIN_FILE = ("MiniLLM/dolly", "train.jsonl")
 
 
@@ -55,6 +66,7 @@ class Row:
     fields: dict = field(default_factory=dict)
     gold_lmbda: float | None = None
     cached_teacher: bool = True  # reads the teacher cache (ignored by rows that load no teacher)
+    second_teacher: bool = False  # distils from the Dolly-tuned Gemma-3-270M too (issue S)
 
     @property
     def needs_teacher(self) -> bool:
@@ -76,6 +88,8 @@ ROWS = {
     # Issue N: half the batches on the student's own samples (the teacher judges them live).
     "dwakd on-policy": Row(dict(kd_method="dwakd", lmbda=0.5), cached_teacher=False),
     "gold on-policy": Row(gold_lmbda=0.5),
+    # Issue S: the Qwen teacher and the Dolly-tuned Gemma-3-270M at equal weights, both from teacher caches.
+    "dwakd two teachers": Row(dict(kd_method="dwakd"), second_teacher=True),
 }
 CORE_ROWS = ("sft", "dskd", "dwakd", "gold")
 # Paired comparisons (row, against): reported where both rows have the same seeds scored.
@@ -87,6 +101,7 @@ COMPARISONS = (
     ("dskd aligned", "dskd"),
     ("dwakd on-policy", "dwakd"),
     ("dwakd on-policy", "gold on-policy"),
+    ("dwakd two teachers", "dwakd"),
 )
 
 
@@ -110,6 +125,9 @@ def parse_args(argv=None):
     parser.add_argument("--rouge_examples", type=int, default=20, help="held-out examples per set for ROUGE-L")
     parser.add_argument("--rouge_seeds", type=int, default=3, help="sampling seeds of ROUGE-L")
     parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument(
+        "--second_teacher_examples", type=int, default=320, help="two-teacher row: the second teacher's SFT rows"
+    )
     args = parser.parse_args(argv)
     args.rows = args.rows.split(",")
     unknown = [row for row in args.rows if row not in ROWS]
@@ -214,6 +232,55 @@ def teacher_cache(args, train_rows, paths):
     )
 
 
+def second_teacher(args, records, paths, output_dir):
+    """The Dolly-tuned Gemma-3-270M, built once under `output_dir`: LoRA SFT for one epoch on the first
+    `--second_teacher_examples` training rows in Gemma's turn format (round 2's teacher recipe: 320 rows), merged
+    into the weights and saved with its chat template."""
+    folder = output_dir / "second-teacher"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    tokenizer = load_tokenizer(paths[SECOND_BASE], role="student")
+    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    trainer = DWAKDTrainer(
+        str(paths[SECOND_BASE]),
+        args=DWAKDConfig(
+            kd_method="sft",
+            max_prompt_length=args.max_prompt_length,
+            **training_fields(args, output_dir / "second-teacher-run", seed=0),
+        ),
+        train_dataset=Dataset.from_list(chat_rows(records[: args.second_teacher_examples])),
+        processing_class=tokenizer,
+        peft_config=lora_config(args),
+    )
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    partial = folder.with_name(folder.name + "-partial")  # a folder with weights is a finished one
+    merged.save_pretrained(str(partial))
+    tokenizer.save_pretrained(str(partial))
+    partial.rename(folder)
+    del trainer, merged
+    gc.collect()
+    return folder
+
+
+def two_teacher_caches(args, train_rows, paths):
+    """One cache per teacher for the two-teacher row. Apart from the single-teacher cache: with two teachers both
+    tokenizers take part in truncation, so the Qwen side of a row can differ from the single-teacher one."""
+    root = Path(args.output_dir) / "two-teacher-cache"
+    config = DWAKDConfig(
+        kd_method="dwakd",
+        teacher_model_name_or_path=[str(paths[TEACHER]), str(paths[SECOND_TEACHER])],
+        teacher_cache_dir=[str(root / "qwen"), str(root / "gemma")],
+        max_prompt_length=args.max_prompt_length,
+        per_device_eval_batch_size=args.batch_size,
+        **training_fields(args, root.with_name("two-teacher-cache-run"), seed=0),
+    )
+    return build_teacher_cache(
+        config, Dataset.from_list(train_rows), student_tokenizer=load_tokenizer(paths[STUDENT], role="student")
+    )
+
+
 def train_student(row, args, seed, train_rows, paths, cache_dir, output_dir):
     """Train `row` with training seed `seed` and save its adapter; returns (seconds per step, steps)."""
     fields = training_fields(args, output_dir, seed)
@@ -223,11 +290,17 @@ def train_student(row, args, seed, train_rows, paths, cache_dir, output_dir):
         overrides = dict(row.fields)
         if overrides.get("lmbda"):  # on-policy: the students sample as long as the scores let them answer
             overrides["max_new_tokens"] = args.max_new_tokens
-        if row.needs_teacher:
+        if row.second_teacher:
+            overrides.update(
+                projector_learning_rate=args.projector_learning_rate,
+                teacher_model_name_or_path=[str(paths[TEACHER]), str(paths[SECOND_TEACHER])],
+                teacher_cache_dir=[str(path) for path in cache_dir[SECOND_TEACHER]],
+            )
+        elif row.needs_teacher:
             overrides.update(
                 projector_learning_rate=args.projector_learning_rate,
                 teacher_model_name_or_path=str(paths[TEACHER]),
-                teacher_cache_dir=str(cache_dir) if row.cached_teacher else None,
+                teacher_cache_dir=str(cache_dir[TEACHER]) if row.cached_teacher else None,
             )
         trainer = DWAKDTrainer(
             str(paths[STUDENT]),
@@ -342,23 +415,34 @@ def main(argv=None):
     )
 
     phase = time.perf_counter()
-    paths = {name: demo_model_path(name) for name in (TEACHER, STUDENT)}
+    two_teachers = any(ROWS[row].second_teacher for row in args.rows)
+    paths = {name: demo_model_path(name) for name in (TEACHER, STUDENT) + ((SECOND_BASE,) if two_teachers else ())}
     examples = held_out(args)
-    train_rows = chat_rows(training_records(args)[: args.student_examples])
+    records = training_records(args)
+    train_rows = chat_rows(records[: args.student_examples])
     results.phase("models and data", time.perf_counter() - phase)
 
-    cache_dir = None
-    if any(ROWS[row].needs_teacher and not ROWS[row].live_teacher for row in args.rows):
+    cache_dir = {}  # TEACHER: the teacher cache; SECOND_TEACHER: the two-teacher row's caches
+    if any(ROWS[row].needs_teacher and not (ROWS[row].live_teacher or ROWS[row].second_teacher) for row in args.rows):
         phase = time.perf_counter()
-        cache_dir = teacher_cache(args, train_rows, paths)
+        cache_dir[TEACHER] = teacher_cache(args, train_rows, paths)
         results.phase("teacher cache", time.perf_counter() - phase)
+    references = [(STUDENT_TITLE, paths[STUDENT]), (TEACHER_TITLE, paths[TEACHER])]
+    if two_teachers:
+        phase = time.perf_counter()
+        paths[SECOND_TEACHER] = second_teacher(args, records, paths, output_dir)
+        results.phase("second teacher SFT", time.perf_counter() - phase)
+        phase = time.perf_counter()
+        cache_dir[SECOND_TEACHER] = two_teacher_caches(args, train_rows, paths)
+        results.phase("two-teacher caches", time.perf_counter() - phase)
+        references.append((SECOND_TITLE, paths[SECOND_TEACHER]))
 
     # The cached and teacher-free rows over all seeds first, then the untrained references, then the live-teacher
     # rows; within each, seeds outermost, so that an interrupted run leaves complete pairs to compare.
     runs = [(seed, row) for seed in args.train_seeds for row in args.rows]
     for seed, row in [(seed, row) for seed, row in runs if not ROWS[row].live_teacher]:
         train_and_score(row, seed, args, results, train_rows, paths, cache_dir, examples, output_dir)
-    for title, path in ((STUDENT_TITLE, paths[STUDENT]), (TEACHER_TITLE, paths[TEACHER])):
+    for title, path in references:
         if not results.has(title):
             phase = time.perf_counter()
             results.model(title, **score(title, path, None, args, examples, output_dir / "eval"))
@@ -400,7 +484,7 @@ def markdown(record):
     names = list(TITLES)
     lines = ["| model | seeds | bits/byte avg ↓ | " + " | ".join(TITLES.values()) + " | ROUGE-L avg ↑ | s/step |"]
     lines.append("|---|---:|---:|" + "---:|" * len(names) + "---:|---:|")
-    for title in (TEACHER_TITLE, STUDENT_TITLE):
+    for title in (TEACHER_TITLE, SECOND_TITLE, STUDENT_TITLE):
         values = record["models"].get(title, {})
         if "bits_per_byte" in values:
             cells = " | ".join(f"{values['bits_per_byte'][name]:.4f}" for name in names)

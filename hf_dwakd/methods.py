@@ -31,6 +31,20 @@ class TeacherOutputs(NamedTuple):
     aligner: Any = None
 
 
+def teacher_loss(args, student, teacher: TeacherOutputs, num_items_in_batch, *, step=0):
+    """`(loss, metrics)` of `args.kd_method` with `teacher` alone, its weight not applied: the whole loss of a
+    single-teacher run, and teacher k's `loss_k` with several."""
+    return distillation_loss(
+        args,
+        student,
+        teacher.outputs,
+        num_items_in_batch,
+        projectors=teacher.projectors,
+        aligner=teacher.aligner,
+        step=step,
+    )
+
+
 def several_teachers_loss(args, student, teachers: list[TeacherOutputs], num_items_in_batch, *, step=0):
     """`(loss, metrics)` with several teachers: `sum_k weight_k * loss_k`, `loss_k` the method's loss with teacher
     k alone. The weights sum to 1, so the student's own cross-entropy counts once and each teacher's
@@ -38,16 +52,8 @@ def several_teachers_loss(args, student, teachers: list[TeacherOutputs], num_ite
     `<teacher name>/<metric>` (before the teacher's weight)."""
     loss, metrics = 0, {}
     for teacher in teachers:
-        teacher_loss, teacher_metrics = distillation_loss(
-            args,
-            student,
-            teacher.outputs,
-            num_items_in_batch,
-            projectors=teacher.projectors,
-            aligner=teacher.aligner,
-            step=step,
-        )
-        loss = loss + teacher.weight * teacher_loss
+        loss_k, teacher_metrics = teacher_loss(args, student, teacher, num_items_in_batch, step=step)
+        loss = loss + teacher.weight * loss_k
         for key, value in teacher_metrics.items():
             if key in STUDENT_METRICS:
                 metrics.setdefault(key, value)

@@ -26,7 +26,7 @@ from .data import PROMPT_COLUMN, DistillationCollator, check_dataset_columns, pr
 from .fsdp2 import gathered_roots, load_full_state, shard_teacher
 from .inspection import AlignmentPlotCallback
 from .loading import ensure_pad_token, load_teacher, load_tokenizer, teacher_init_kwargs
-from .methods import TeacherOutputs, distillation_loss, metric_name, several_teachers_loss
+from .methods import TeacherOutputs, metric_name, several_teachers_loss, teacher_loss
 from .model_card import complete_trainer_card, read_card
 from .model_side import ModelSide, whole_weight
 from .on_policy import METRIC_PREFIXES, SAMPLED_BY, STUDENT, TEACHER, ResponseSampler
@@ -451,17 +451,9 @@ class DWAKDTrainer(SFTTrainer):
         args = self.args if self.response_sampler is None else self.response_sampler.loss_args(inputs)
         if len(outputs) > 1:
             loss, metrics = several_teachers_loss(args, student, outputs, num_items_in_batch, step=step)
-        else:
-            teacher = outputs[0] if outputs else TeacherOutputs("", 1.0, None, None, None)
-            loss, metrics = distillation_loss(
-                args,
-                student,
-                teacher.outputs,
-                num_items_in_batch,
-                projectors=teacher.projectors,
-                aligner=teacher.aligner,
-                step=step,
-            )
+        else:  # one teacher, or none (sft): its loss unweighted, its metrics unprefixed
+            teacher = outputs[0] if outputs else TeacherOutputs("", 1.0, None)
+            loss, metrics = teacher_loss(args, student, teacher, num_items_in_batch, step=step)
 
         # Batches of sampled responses log their components apart, under the sampling model's prefix.
         prefix = METRIC_PREFIXES.get(inputs.get(SAMPLED_BY), "")

@@ -57,6 +57,17 @@ def _check_alignment(student, teacher, teacher_positions, teacher_to_student):
         raise ValueError(f"teacher_to_student holds ids outside the student vocabulary [0, {student.vocab_size}).")
 
 
+def mined_loss(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    **options,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MinED KD term (see `mined_terms` for the options); the student CE is the caller's."""
+    kd, _, metrics = mined_terms(student, teacher, num_items_in_batch, **options)
+    return kd, metrics
+
+
 def mined_terms(
     student: SideOutputs,
     teacher: SideOutputs,
@@ -68,7 +79,14 @@ def mined_terms(
     temperature: float = 1.0,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """`(kd, ce, metrics)`: the MinED KD term of `mined_loss` and the student CE from the same logit rows."""
+    """`(kd, ce, metrics)`: the MinED KD term, sum over student response positions of KL(q || p_s), and the student
+    CE from the same logit rows, each divided by `num_items_in_batch` (student response tokens of the whole batch;
+    None: this batch's count).
+
+    q is the projected teacher distribution where `teacher_positions` aligns the position, else the one-hot
+    label (as in FuseLLM), where the KL is the student's CE. Both sides are divided by `temperature`.
+    `chunk_size` (tokens) bounds the vocabulary-wide memory. Gradients reach the student logits only.
+    """
     check_pair(student, teacher)
     teacher_positions = teacher_positions.to(student.labels.device)
     teacher_to_student = teacher_to_student.to(student.labels.device)
@@ -111,37 +129,6 @@ def mined_terms(
         "mined_aligned_fraction": aligned.float().sum() / max(aligned.numel(), 1),
     }
     return terms["kd"].sum() / denominator, terms["ce"].sum() / denominator, metrics
-
-
-def mined_loss(
-    student: SideOutputs,
-    teacher: SideOutputs,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    *,
-    teacher_positions: torch.Tensor,
-    teacher_to_student: torch.Tensor,
-    top_k: int | None = None,
-    temperature: float = 1.0,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """MinED KD term: sum over student response positions of KL(q || p_s), divided by `num_items_in_batch`
-    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
-
-    q is the projected teacher distribution where `teacher_positions` aligns the position, else the one-hot
-    label (as in FuseLLM), where the KL is the student's CE. Both sides are divided by `temperature`.
-    `chunk_size` (tokens) bounds the vocabulary-wide memory. Gradients reach the student logits only.
-    """
-    kd, _, metrics = mined_terms(
-        student,
-        teacher,
-        num_items_in_batch,
-        teacher_positions=teacher_positions,
-        teacher_to_student=teacher_to_student,
-        top_k=top_k,
-        temperature=temperature,
-        chunk_size=chunk_size,
-    )
-    return kd, metrics
 
 
 def _kd_of_config(args, student, teacher, num_items_in_batch, context):

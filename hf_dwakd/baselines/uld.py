@@ -22,6 +22,17 @@ def _sorted_probabilities(probabilities: torch.Tensor, width: int, top_k: int | 
     return torch.nn.functional.pad(head, (0, width - head.shape[-1]))
 
 
+def uld_loss(
+    student: SideOutputs,
+    teacher: SideOutputs,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    **options,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ULD KD term (see `uld_terms` for the options); the student CE is the caller's."""
+    kd, _, metrics = uld_terms(student, teacher, num_items_in_batch, **options)
+    return kd, metrics
+
+
 def uld_terms(
     student: SideOutputs,
     teacher: SideOutputs,
@@ -31,7 +42,15 @@ def uld_terms(
     temperature: float = 1.0,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """`(kd, ce, metrics)`: the ULD KD term of `uld_loss` and the student CE from the same logit rows."""
+    """`(kd, ce, metrics)`: the ULD KD term, sum over paired positions of ||sort(p_s) - sort(p_t)||_1, and the
+    student CE from the same logit rows, each divided by `num_items_in_batch` (student response tokens of the whole
+    batch; None: this batch's count).
+
+    `top_k`: compare only the k largest probabilities of each side, so a large vocabulary needs no full sort;
+    the tail beyond rank k then enters through its total mass, |tail_s - tail_t|, a lower bound of its exact
+    share. None (default) is exact. `chunk_size` (tokens) bounds the vocabulary-wide memory. Gradients reach
+    the student logits only.
+    """
     check_pair(student, teacher)
     if top_k is not None and top_k < 1:
         raise ValueError(f"uld top_k={top_k} must be a positive integer, or None for the exact sort.")
@@ -69,29 +88,6 @@ def uld_terms(
         "uld_paired_tokens": keep_student.sum(),
     }
     return distance.sum() / denominator, terms["ce"].sum() / denominator, metrics
-
-
-def uld_loss(
-    student: SideOutputs,
-    teacher: SideOutputs,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    *,
-    top_k: int | None = None,
-    temperature: float = 1.0,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ULD KD term: sum over paired positions of ||sort(p_s) - sort(p_t)||_1, divided by `num_items_in_batch`
-    (student response tokens of the whole batch; None: this batch's count). The student CE is the caller's.
-
-    `top_k`: compare only the k largest probabilities of each side, so a large vocabulary needs no full sort;
-    the tail beyond rank k then enters through its total mass, |tail_s - tail_t|, a lower bound of its exact
-    share. None (default) is exact. `chunk_size` (tokens) bounds the vocabulary-wide memory. Gradients reach
-    the student logits only.
-    """
-    kd, _, metrics = uld_terms(
-        student, teacher, num_items_in_batch, top_k=top_k, temperature=temperature, chunk_size=chunk_size
-    )
-    return kd, metrics
 
 
 def _kd_of_config(args, student, teacher, num_items_in_batch, context):

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..objective import DWAKDLossOptions, SideOutputs, cross_model_attention, dwakd_loss, gather_responses
-from ..objective.alignment import attention_band, hidden_pair
+from ..objective.alignment import hidden_pair
+from ..objective.dwakd import options_band
 from ..ops.divergence import divergence_costs, outside_band
 from ..ops.soft_dtw import soft_dtw
 from ..projectors import DWAKDProjectors
@@ -51,15 +52,7 @@ def alignment_numbers(
         student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
         n, m = int(student_responses.lengths[0]), int(teacher_responses.lengths[0])
         attention = cross_model_attention(student_responses, teacher_responses, projectors).t2s_attention
-        band = attention_band(
-            attention,
-            student_responses.lengths,
-            teacher_responses.lengths,
-            base=options.dtw_band_base,
-            beta=options.dtw_band_beta,
-            alpha=options.dtw_band_alpha,
-            penalty=options.dtw_band_penalty,
-        )
+        band = options_band(attention, student_responses, teacher_responses, options)
         x, y = hidden_pair(student_responses, teacher_responses, projectors)
         inside = ~outside_band(band, attention.shape[2], attention.dtype, attention.device)
         rows = attention[0, :n, :m]

@@ -15,6 +15,7 @@ from hf_dwakd.objective.weights import (
     student_weights,
     teacher_raw_weights,
 )
+from hf_dwakd.ops import SoftDTWBand
 from hf_dwakd.projectors import PROJECTOR_FIELDS, DWAKDProjectors
 from hf_dwakd.registry import DistillationMethod, LossContext, register_method
 
@@ -78,6 +79,21 @@ def _dual_space_kd(
     return sums, stats
 
 
+def options_band(
+    t2s_attention: torch.Tensor, student_responses: Responses, teacher_responses: Responses, options: DWAKDLossOptions
+) -> SoftDTWBand:
+    """The Soft-DTW band `attention_band` builds from `t2s_attention` with the options' `dtw_band_*` knobs."""
+    return attention_band(
+        t2s_attention,
+        student_responses.lengths,
+        teacher_responses.lengths,
+        base=options.dtw_band_base,
+        beta=options.dtw_band_beta,
+        alpha=options.dtw_band_alpha,
+        penalty=options.dtw_band_penalty,
+    )
+
+
 def _alignment(
     student_responses: Responses,
     teacher_responses: Responses,
@@ -88,15 +104,7 @@ def _alignment(
     """Summed per-sequence Soft-DTW divergences of the pairs switched on (docs/method.md, Soft-DTW alignment)."""
     band = None
     if options.use_dtw_band:
-        band = attention_band(
-            attention.t2s_attention,
-            student_responses.lengths,
-            teacher_responses.lengths,
-            base=options.dtw_band_base,
-            beta=options.dtw_band_beta,
-            alpha=options.dtw_band_alpha,
-            penalty=options.dtw_band_penalty,
-        )
+        band = options_band(attention.t2s_attention, student_responses, teacher_responses, options)
     pairs = {
         "dtw_hidden": (options.use_dtw_hidden, hidden_alignment),
         "dtw_embed": (options.use_dtw_embed, embedding_alignment),
