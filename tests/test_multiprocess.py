@@ -293,6 +293,10 @@ def worker(jobs_file):
         allow_fsdp_on_cpu()
     for job in json.loads(Path(jobs_file).read_text()):
         (fit_projectors if job.get("fit") else train)(job["argv"], job.get("then_resume_from"))
+    # Left alive to interpreter exit, the process group's threads can abort the process (SIGABRT) after the work
+    # is done, which the launch reports as a failure.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def train(argv, resume_from):
