@@ -217,19 +217,25 @@ def training_fields(args, output_dir, seed):
     )
 
 
-def teacher_cache(args, train_rows, paths):
-    """Build (or reuse) the teacher cache of the training rows: the teacher's one pass for every cached row."""
+def teacher_caches(args, train_rows, paths, teachers, cache_dirs, run_name):
+    """Build (or reuse) the teacher caches of the training rows, each teacher's one pass for every cached row:
+    `teachers` and `cache_dirs` are a path each, or lists of them (one per teacher)."""
     config = DWAKDConfig(
         kd_method="dwakd",
-        teacher_model_name_or_path=str(paths[TEACHER]),
-        teacher_cache_dir=str(Path(args.output_dir) / "teacher-cache"),
+        teacher_model_name_or_path=teachers,
+        teacher_cache_dir=cache_dirs,
         max_prompt_length=args.max_prompt_length,
         per_device_eval_batch_size=args.batch_size,
-        **training_fields(args, Path(args.output_dir) / "teacher-cache-run", seed=0),
+        **training_fields(args, Path(args.output_dir) / run_name, seed=0),
     )
     return build_teacher_cache(
         config, Dataset.from_list(train_rows), student_tokenizer=load_tokenizer(paths[STUDENT], role="student")
     )
+
+
+def both_teachers(paths):
+    """The two-teacher row's teachers: the Qwen teacher, then the Dolly-tuned Gemma-3-270M."""
+    return [str(paths[TEACHER]), str(paths[SECOND_TEACHER])]
 
 
 def second_teacher(args, records, paths, output_dir):
@@ -264,23 +270,6 @@ def second_teacher(args, records, paths, output_dir):
     return folder
 
 
-def two_teacher_caches(args, train_rows, paths):
-    """One cache per teacher for the two-teacher row. Apart from the single-teacher cache: with two teachers both
-    tokenizers take part in truncation, so the Qwen side of a row can differ from the single-teacher one."""
-    root = Path(args.output_dir) / "two-teacher-cache"
-    config = DWAKDConfig(
-        kd_method="dwakd",
-        teacher_model_name_or_path=[str(paths[TEACHER]), str(paths[SECOND_TEACHER])],
-        teacher_cache_dir=[str(root / "qwen"), str(root / "gemma")],
-        max_prompt_length=args.max_prompt_length,
-        per_device_eval_batch_size=args.batch_size,
-        **training_fields(args, root.with_name("two-teacher-cache-run"), seed=0),
-    )
-    return build_teacher_cache(
-        config, Dataset.from_list(train_rows), student_tokenizer=load_tokenizer(paths[STUDENT], role="student")
-    )
-
-
 def train_student(row, args, seed, train_rows, paths, cache_dir, output_dir):
     """Train `row` with training seed `seed` and save its adapter; returns (seconds per step, steps)."""
     fields = training_fields(args, output_dir, seed)
@@ -293,7 +282,7 @@ def train_student(row, args, seed, train_rows, paths, cache_dir, output_dir):
         if row.second_teacher:
             overrides.update(
                 projector_learning_rate=args.projector_learning_rate,
-                teacher_model_name_or_path=[str(paths[TEACHER]), str(paths[SECOND_TEACHER])],
+                teacher_model_name_or_path=both_teachers(paths),
                 teacher_cache_dir=[str(path) for path in cache_dir[SECOND_TEACHER]],
             )
         elif row.needs_teacher:
@@ -425,7 +414,8 @@ def main(argv=None):
     cache_dir = {}  # TEACHER: the teacher cache; SECOND_TEACHER: the two-teacher row's caches
     if any(ROWS[row].needs_teacher and not (ROWS[row].live_teacher or ROWS[row].second_teacher) for row in args.rows):
         phase = time.perf_counter()
-        cache_dir[TEACHER] = teacher_cache(args, train_rows, paths)
+        teacher, folder = str(paths[TEACHER]), str(output_dir / "teacher-cache")
+        cache_dir[TEACHER] = teacher_caches(args, train_rows, paths, teacher, folder, "teacher-cache-run")
         results.phase("teacher cache", time.perf_counter() - phase)
     references = [(STUDENT_TITLE, paths[STUDENT]), (TEACHER_TITLE, paths[TEACHER])]
     if two_teachers:
@@ -433,7 +423,12 @@ def main(argv=None):
         paths[SECOND_TEACHER] = second_teacher(args, records, paths, output_dir)
         results.phase("second teacher SFT", time.perf_counter() - phase)
         phase = time.perf_counter()
-        cache_dir[SECOND_TEACHER] = two_teacher_caches(args, train_rows, paths)
+        # Caches of their own: with two teachers both tokenizers take part in truncation, so a row's Qwen side can
+        # differ from the single-teacher cache's.
+        folders = [str(output_dir / "two-teacher-cache" / name) for name in ("qwen", "gemma")]
+        cache_dir[SECOND_TEACHER] = teacher_caches(
+            args, train_rows, paths, both_teachers(paths), folders, "two-teacher-cache-run"
+        )
         results.phase("two-teacher caches", time.perf_counter() - phase)
         references.append((SECOND_TITLE, paths[SECOND_TEACHER]))
 
