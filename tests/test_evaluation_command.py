@@ -235,7 +235,8 @@ def test_two_processes_split_the_prompts_and_gather_them_in_order(model_dir, dat
     common += ["--benchmarks", "vicuna", "--seeds", "1"]
     single = main(common + ["--output_dir", str(tmp_path / "single")] + QUICK)
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hf_dwakd.evaluation"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "hf_dwakd.evaluation"]
     completed = subprocess.run(
         command + common + ["--output_dir", str(tmp_path / "pair")] + QUICK,
         capture_output=True,
