@@ -20,8 +20,10 @@ mix) on the same random models and data: a GPT-2-shaped student and a Llama-shap
 Llama-2 tokenizers of the test fixtures, trained on bundled Dolly prompts whose responses are lengthened (several
 Dolly responses joined) so that every example fills `--seq_len` tokens on the side that tokenizes it longer.
 `dwakd_no_dtw` is DWA-KD with `use_dtw=False`: the difference to `dwakd` is the Soft-DTW alignment's cost.
-`dwakd_two_teachers` distils from two teachers at once (random pair only): the Llama-shaped teacher and one of the
-same shape on the SmolLM2 tokenizer of the test fixtures, a third vocabulary, weighted equally.
+`dwakd_two_teachers` distils from two teachers at once, weighted equally: on the random pair, the Llama-shaped teacher
+and one of the same shape on the SmolLM2 tokenizer of the test fixtures (a third vocabulary); with `--pair demo`, the
+quality benchmark's pair (Qwen2.5-Coder-1.5B teacher) and Gemma-3-270M as the second teacher, as in its two-teacher
+row (base weights here: the time does not depend on them).
 `dwakd_cached` and `dskd_cached` first build a teacher cache of the run's rows (`hf_dwakd.teacher_cache`; its time
 and size on disk are reported) and then train from it, with only the teacher's embedding and output layers loaded.
 `dwakd_on_policy` is DWA-KD with `lmbda=1`: every step's responses are sampled by the student (`--max_new_tokens`)
@@ -78,9 +80,10 @@ VARIANTS["dwakd_no_dtw"] = dict(kd_method="dwakd", use_dtw=False)
 # Trained from a teacher cache built just before, in the same process.
 CACHED_VARIANTS = {"dwakd_cached": "dwakd", "dskd_cached": "dskd"}
 VARIANTS.update({name: dict(kd_method=method) for name, method in CACHED_VARIANTS.items()})
-# Two teachers at once (random pair only): the Llama-shaped teacher, and a second of the same shape on the SmolLM2
-# tokenizer (a third vocabulary), weighted equally.
+# Two teachers at once, weighted equally. Random pair: the Llama-shaped teacher, and a second of the same shape on the
+# SmolLM2 tokenizer (a third vocabulary). --pair demo: the directions below, with this second teacher.
 TWO_TEACHER_VARIANTS = {"dwakd_two_teachers": "dwakd"}
+SECOND_DEMO_TEACHER = {"smollm2-135m-instruct <- qwen2.5-coder-1.5b-instruct": "gemma-3-270m"}
 VARIANTS.update({name: dict(kd_method=method) for name, method in TWO_TEACHER_VARIANTS.items()})
 # Every step on-policy: the student samples each response (`hf_dwakd.on_policy`).
 ON_POLICY_VARIANTS = {"dwakd_on_policy": "dwakd"}
@@ -134,8 +137,12 @@ def parse_args(argv=None):
         parser.error(f"--seq_len must be at least 16 (half of it goes to the prompt), got {args.seq_len}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device; use --device cpu.")
-    if args.pair == "demo" and set(args.methods or []) & set(TWO_TEACHER_VARIANTS):
-        parser.error(f"{', '.join(TWO_TEACHER_VARIANTS)}: random pair only (the demo has one teacher per direction).")
+    single = [name for name in args.directions or list(DEMO_DIRECTIONS)[:2] if name not in SECOND_DEMO_TEACHER]
+    if args.pair == "demo" and set(args.methods or []) & set(TWO_TEACHER_VARIANTS) and single:
+        parser.error(
+            f"{', '.join(TWO_TEACHER_VARIANTS)} with --pair demo: pass --directions {' '.join(SECOND_DEMO_TEACHER)!r} "
+            f"only (no second teacher for {', '.join(single)})."
+        )
     if args.reference_src is not None and not (args.reference_src / "hf_dwakd" / "__init__.py").is_file():
         parser.error(f"--reference-src {args.reference_src} holds no hf_dwakd package (hf_dwakd/__init__.py).")
     return args
@@ -318,6 +325,10 @@ def demo_pair(args, uses_teacher):
         teacher.to(args.device)
     elif uses_teacher:
         teacher = load_causal_lm(paths[1], role="teacher", dtype=torch.float32).to(args.device)
+    if uses_teacher and args.worker in TWO_TEACHER_VARIANTS:
+        second_path = demo_model_path(SECOND_DEMO_TEACHER[args.direction])
+        second = load_causal_lm(second_path, role="teacher", dtype=torch.float32).to(args.device)
+        teacher, teacher_tokenizer = [teacher, second], [teacher_tokenizer, load_tokenizer(second_path)]
     peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return student, teacher, student_tokenizer, teacher_tokenizer, peft_config
 
