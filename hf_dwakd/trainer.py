@@ -30,7 +30,7 @@ from .methods import TeacherOutputs, metric_name, several_teachers_loss, teacher
 from .model_card import complete_trainer_card, read_card
 from .model_side import ModelSide, whole_weight
 from .on_policy import METRIC_PREFIXES, SAMPLED_BY, STUDENT, TEACHER, ResponseSampler
-from .projector_init import TokenBytes, fit_aligned_projectors, pseudo_inverse_s2t
+from .projector_init import TokenBytes, calibration_share, fit_aligned_projectors, pseudo_inverse_s2t
 from .projectors import PROJECTORS_NAME, DWAKDProjectors, projectors_file_name
 from .registry import get_method
 from .teacher_cache import CachedTeacherSide, LightTeacher, load_light_teacher
@@ -125,6 +125,11 @@ class DWAKDTrainer(SFTTrainer):
             raise ValueError(
                 f"`teacher_processing_class` is one tokenizer for {count} teachers: pass a list of one tokenizer "
                 "per teacher (None entries load the teacher's own)."
+            )
+        if count and isinstance(teacher_processing_class, (list, tuple)) and len(teacher_processing_class) != count:
+            raise ValueError(
+                f"`teacher_processing_class` has {len(teacher_processing_class)} tokenizers but {count} teacher(s) "
+                "are given: pass one tokenizer per teacher, in the teachers' order (None loads the teacher's own)."
             )
 
         student_tokenizer = processing_class or load_tokenizer(
@@ -380,6 +385,7 @@ class DWAKDTrainer(SFTTrainer):
                     student_bytes,
                     teacher_bytes,
                     self.args.projector_init_ridge,
+                    calibration_share(self.accelerator.process_index, self.accelerator.num_processes),
                 )
             logger.info(
                 f"projector_init={kind!r} for teacher {teacher.name!r}: {results[teacher.name]}, "
@@ -389,10 +395,17 @@ class DWAKDTrainer(SFTTrainer):
 
     def _projector_fit_batches(self, teacher: TeacherRole):
         """`(student, teacher)` SideOutputs of this process's share of `projector_init_rows` training rows (drawn
-        with the run's seed), the models in eval mode, micro-batches of `per_device_train_batch_size`."""
+        with the run's seed and dealt out one at a time), the models in eval mode, micro-batches of
+        `per_device_train_batch_size`."""
         dataset = self.train_dataset
         generator = torch.Generator().manual_seed(self.args.seed)
         rows = torch.randperm(len(dataset), generator=generator)[: self.args.projector_init_rows].tolist()
+        if len(rows) < self.accelerator.num_processes:  # a process without rows would skip the others' collectives
+            raise ValueError(
+                f"projector_init='aligned' fits on {len(rows)} training rows, fewer than the "
+                f"{self.accelerator.num_processes} processes: raise `projector_init_rows` (and the training rows) "
+                "to at least the number of processes."
+            )
         rows = rows[self.accelerator.process_index :: self.accelerator.num_processes]
         size = self.args.per_device_train_batch_size
         was_training = self.model.training

@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from hf_dwakd.objective import cross_model_attention, gather_responses
 from hf_dwakd.objective.attention import normalise_per_example
 from hf_dwakd.projector_init import (
     TokenBytes,
+    calibration_share,
     fit_aligned_projectors,
     position_overlaps,
     pseudo_inverse_s2t,
@@ -179,6 +182,70 @@ def test_an_example_without_overlapping_targets_is_skipped(tmp_path):
         fit_aligned_projectors(DWAKDProjectors(16, 24), [(student, blanked_all(teacher, teacher_bos))], *bytes_, 1e-3)
 
 
+class ThreadProcesses:
+    """`size` threads standing for torch.distributed processes: `all_reduced` sums a tensor over them in place."""
+
+    def __init__(self, size):
+        self.size, self.slots, self.local = size, {}, threading.local()
+        self.barrier = threading.Barrier(size, timeout=120)
+
+    def all_reduced(self, total):
+        self.slots[self.local.rank] = total.clone()
+        self.barrier.wait()
+        summed = sum(self.slots[rank] for rank in range(self.size))
+        self.barrier.wait()  # every process has read every slot before any writes its next one
+        return total.copy_(summed)
+
+    def run(self, function):
+        def as_rank(rank):
+            self.local.rank = rank
+            return function(rank)
+
+        with ThreadPoolExecutor(self.size) as pool:
+            return [future.result() for future in [pool.submit(as_rank, rank) for rank in range(self.size)]]
+
+
+def test_two_processes_calibrate_the_query_scale_on_the_examples_one_process_does(tmp_path, monkeypatch):
+    """Each process fits on every second example of the sample (as the trainer deals them) and calibrates on its
+    `calibration_share`: the two write what one process fits on all examples, query scale included."""
+    import hf_dwakd.projector_init.aligned as aligned_module
+    import hf_dwakd.projector_init.ridge as ridge_module
+
+    trainer = make_trainer(tmp_path, projector_init="aligned", per_device_train_batch_size=1)
+    examples = fit_batches(trainer)  # one example per batch, in the sample's order
+    bytes_ = [TokenBytes.from_tokenizer(t) for t in (trainer.processing_class, trainer.teacher_processing_class)]
+
+    def fit(rank, size, calibration):
+        projectors = DWAKDProjectors(16, 24).double()
+        return fit_aligned_projectors(projectors, examples[rank::size], *bytes_, 1e-3, calibration), projectors
+
+    scales = {calibration: fit(0, 1, calibration)[0].query_scale for calibration in range(1, len(ROWS) + 1)}
+    calibration = next(k for k in range(1, len(ROWS) // 2 + 1) if scales[k] != scales[2 * k])  # where it matters
+    one_fit, one = fit(0, 1, calibration)
+
+    processes = ThreadProcesses(2)
+    monkeypatch.setattr(aligned_module, "all_reduced", processes.all_reduced)
+    monkeypatch.setattr(ridge_module, "all_reduced", processes.all_reduced)
+    shares = [calibration_share(rank, 2, calibration) for rank in range(2)]
+    assert sum(shares) == calibration
+    results = processes.run(lambda rank: fit(rank, 2, shares[rank]))
+    for two_fit, two in results:
+        assert two_fit == one_fit  # counts over both processes, and the same query scale
+        for name, value in one.state_dict().items():
+            torch.testing.assert_close(two.state_dict()[name], value, rtol=1e-6, atol=1e-9)
+    # Each process calibrating on its own first `calibration` examples would choose another scale.
+    assert processes.run(lambda rank: fit(rank, 2, calibration)[0])[0].query_scale != one_fit.query_scale
+
+
+def test_the_fit_refuses_fewer_sample_rows_than_processes(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    trainer = make_trainer(tmp_path, projector_init="aligned")
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: len(ROWS) + 1))
+    with pytest.raises(ValueError, match="8 training rows, fewer than the 9 processes: raise `projector_init_rows`"):
+        trainer.start_projectors()
+
+
 def blanked_all(teacher, token_id):
     labels = teacher.labels.clone()
     labels[labels != -100] = token_id
@@ -320,6 +387,25 @@ def test_pseudo_inverse_s2t_gives_the_student_logits_through_the_teacher_head_on
     expected = torch.linalg.lstsq(teacher_head[teacher_ids].double(), student_head[student_ids].double()).solution
     torch.testing.assert_close(s2t.weight.double(), expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(s2t.bias, torch.zeros(4))
+
+
+def test_the_trainer_starts_s2t_from_the_pseudo_inverse_of_the_two_heads(tmp_path):
+    trainer = make_trainer(tmp_path, projector_init="pseudo_inverse")
+    random_start = {name: value.clone() for name, value in trainer.projectors.state_dict().items()}
+    (shared,) = trainer.start_projectors().values()
+    student_bytes, teacher_bytes = (
+        TokenBytes.from_tokenizer(t) for t in (trainer.processing_class, trainer.teacher_processing_class)
+    )
+    student_ids, teacher_ids = shared_vocabulary(student_bytes, teacher_bytes)
+    assert shared == len(student_ids) > 24
+    student_head = trainer.model.get_output_embeddings().weight.detach().double()[student_ids]
+    teacher_head = trainer.teacher_model.get_output_embeddings().weight.detach().double()[teacher_ids]
+    expected = torch.linalg.lstsq(teacher_head, student_head).solution  # min |W_t[S] X - W_s[S]|, X (d_t, d_s)
+    torch.testing.assert_close(trainer.projectors.s2t.weight.double(), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(trainer.projectors.s2t.bias, torch.zeros(24))
+    for name, value in trainer.projectors.state_dict().items():  # the other three keep their random start
+        if not name.startswith("s2t."):
+            assert torch.equal(value, random_start[name]), name
 
 
 def test_the_config_refuses_bad_values(tmp_path):

@@ -154,6 +154,20 @@ def test_loss_is_the_weighted_sum_of_single_teacher_losses(tmp_path, method):
     assert "kd_student" not in logged
 
 
+def test_each_teacher_starts_from_its_single_teacher_aligned_fit(tmp_path):
+    """`projector_init: aligned` fits each teacher's projectors on its own columns of the batch: what a
+    single-teacher run of that teacher fits (the rows are tokenized alike, none truncated)."""
+    both = build(tmp_path / "both", projector_init="aligned", teacher_weights=WEIGHTS)
+    fits = both.start_projectors()
+    assert list(fits) == NAMES
+    for index, name in enumerate(NAMES):
+        single = build(tmp_path / f"single{index}", which=index, projector_init="aligned")
+        (single_fit,) = single.start_projectors().values()
+        assert fits[name] == single_fit
+        for key, value in single.projectors.state_dict().items():
+            torch.testing.assert_close(both.projectors[name].state_dict()[key], value, rtol=1e-6, atol=1e-8)
+
+
 def test_checkpoints_resume_push_and_card_with_two_teachers(tmp_path, monkeypatch):
     common = dict(max_steps=1, save_strategy="steps", save_steps=1, teacher_weights=WEIGHTS)
     trained = build(tmp_path / "trained", hub_model_id="someone/tiny-student", **common)
@@ -273,6 +287,19 @@ def test_bad_teacher_lists_are_refused_before_any_model_loads(tmp_path, monkeypa
             args=make_config(tmp_path, kd_method="mined"),
             train_dataset=Dataset.from_list(ROWS),
         )
+    _, llama, smollm = tokenizers()
+    for teacher_model, tokenizers_given in (
+        (["owner/teacher-a", "owner/teacher-b"], [llama]),
+        ("owner/teacher-a", [llama, smollm]),
+    ):
+        with pytest.raises(ValueError, match=f"`teacher_processing_class` has {len(tokenizers_given)} tokenizers"):
+            DWAKDTrainer(
+                model="owner/student",
+                teacher_model=teacher_model,
+                args=make_config(tmp_path),
+                train_dataset=Dataset.from_list(ROWS),
+                teacher_processing_class=tokenizers_given,
+            )
 
 
 def test_the_command_line_and_recipes_take_the_list_form(tmp_path):

@@ -1,7 +1,7 @@
 """Starts of the projectors other than random, applied once before the first training step
 (`DWAKDConfig.projector_init`; docs/method.md, Projector start)."""
 
-from .aligned import AlignedFit, fit_aligned_projectors, position_overlaps, regression_rows
+from .aligned import AlignedFit, calibration_share, fit_aligned_projectors, position_overlaps, regression_rows
 from .overlap import TokenBytes, target_overlap
 from .pseudo_inverse import pseudo_inverse_s2t, shared_vocabulary
 from .ridge import RidgeNormalEquations
@@ -13,6 +13,7 @@ __all__ = [
     "AlignedFit",
     "RidgeNormalEquations",
     "TokenBytes",
+    "calibration_share",
     "fit_aligned_projectors",
     "position_overlaps",
     "pseudo_inverse_s2t",

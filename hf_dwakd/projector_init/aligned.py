@@ -30,7 +30,7 @@ from .overlap import TokenBytes, target_overlap
 from .ridge import RidgeNormalEquations, all_reduced
 
 MAPS = ("query", "t2s", "s2t", "embed_t2s")
-# Candidate query scales, and the examples (per process) whose attention rows choose among them.
+# Candidate query scales, and the examples of the sample whose attention rows choose among them.
 QUERY_SCALES = torch.logspace(-2, 3, 61, dtype=torch.float64)
 CALIBRATION_EXAMPLES = 32
 
@@ -114,12 +114,15 @@ def fit_aligned_projectors(
     student_bytes: TokenBytes,
     teacher_bytes: TokenBytes,
     ridge: float,
+    calibration_examples: int = CALIBRATION_EXAMPLES,
 ) -> AlignedFit:
     """Fit every projector `projectors` holds (`embed_t2s` may be None) on `(student, teacher)` batches of the
-    frozen models, and write them in place.
+    frozen models, and write them in place; the query's scale is chosen on the first `calibration_examples`
+    examples of the batches.
 
-    Under torch.distributed each process passes its own share of the sample: the normal equations and the
-    calibration sums are all-reduced, so every process writes the same projectors.
+    Under torch.distributed each process passes its own share of the sample, and its share of the calibration
+    examples (`calibration_share`): the normal equations and the calibration sums are all-reduced, so every
+    process writes the projectors one process fits on the whole sample.
     """
     maps = {name: getattr(projectors, name) for name in MAPS if getattr(projectors, name, None) is not None}
     device = next(projectors.parameters()).device
@@ -127,7 +130,7 @@ def fit_aligned_projectors(
         name: RidgeNormalEquations(linear.in_features, linear.out_features, device) for name, linear in maps.items()
     }
     counts = torch.zeros(5, dtype=torch.float64, device=device)
-    calibration = []
+    calibration, calibration_room = [], calibration_examples
     for student_side, teacher_side in batches:
         student, teacher = gather_responses(student_side), gather_responses(teacher_side)
         overlaps = position_overlaps(student, teacher, student_bytes, teacher_bytes)
@@ -145,7 +148,8 @@ def fit_aligned_projectors(
             dtype=torch.float64,
             device=device,
         )
-        calibration += _calibration_examples(student, teacher, overlaps, CALIBRATION_EXAMPLES - len(calibration))
+        calibration += _calibration_examples(student, teacher, overlaps[: max(calibration_room, 0)])
+        calibration_room -= len(overlaps)
     counts = all_reduced(counts)
     if counts[1] == 0 or counts[3] == 0:
         raise ValueError(
@@ -167,11 +171,19 @@ def fit_aligned_projectors(
     return AlignedFit(*(int(count) for count in counts.tolist()), query_scale=scale)
 
 
-def _calibration_examples(student, teacher, overlaps, room) -> list[_CalibrationExample]:
+def calibration_share(process_index: int, num_processes: int, total: int = CALIBRATION_EXAMPLES) -> int:
+    """How many of its first examples a process calibrates on when the sample is dealt out one example at a time
+    (example k to process k % num_processes): its examples among the sample's first `total`, so that the processes
+    together calibrate on the examples one process would."""
+    return len(range(process_index, total, num_processes))
+
+
+def _calibration_examples(student, teacher, overlaps) -> list[_CalibrationExample]:
+    """The calibration rows of the examples of `overlaps` (the first ones of the batch) with a paired position."""
     examples = []
     keys = teacher_keys(teacher)
     query_inputs = torch.cat([student.input_embeds, student.target_embeds], dim=-1)
-    for index, overlap in enumerate(overlaps[: max(room, 0)]):
+    for index, overlap in enumerate(overlaps):
         n, m = overlap.shape
         paired = overlap.sum(dim=1) > 0
         if not paired.any():
