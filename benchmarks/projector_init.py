@@ -112,7 +112,8 @@ def held_out_figures(trainer, rows):
         batch = trainer._prepare_inputs(
             trainer.data_collator([prepared[i] for i in range(start, min(start + 4, len(prepared)))])
         )
-        student, _, teacher = trainer._batch_sides(trainer.model, batch)
+        student, _ = trainer.student_side(batch, trainer.model)
+        teacher, _ = trainer.teachers[0].side(batch)
         _, metrics = distillation_loss(trainer.args, student, teacher, None, projectors=trainer.projectors)
         student_responses, teacher_responses = gather_responses(student), gather_responses(teacher)
         n_tokens, m_tokens = int(student_responses.lengths.sum()), int(teacher_responses.lengths.sum())
