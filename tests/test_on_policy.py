@@ -249,6 +249,28 @@ def test_a_micro_batch_whose_every_sample_is_dropped_keeps_its_dataset_rows(tmp_
     assert torch.equal(sampled["input_ids"], batch["input_ids"]) and sampled[SAMPLED_BY] == STUDENT
 
 
+def test_a_prompt_without_tokens_is_not_sampled_and_its_row_is_dropped(tmp_path):
+    """GPT-2 adds no BOS, so an empty prompt leaves the student nothing to continue: that row is dropped and counted
+    like an empty sample, the others are sampled, and a micro-batch of only such prompts keeps its dataset rows."""
+    trainer = make_trainer(tmp_path, lmbda=1.0, max_new_tokens=4)
+    tokenizer = trainer.processing_class
+    eos = tokenizer.eos_token_id
+    answer = tokenizer(" Blue.")["input_ids"] + [eos]
+    model = ScriptedModel([answer], tokenizer.pad_token_id, eos)
+    batch = trainer.data_collator([{**trainer.train_dataset[i]} for i in range(2)])
+    batch[PROMPT_COLUMN] = ["", batch[PROMPT_COLUMN][1]]
+    models = {STUDENT: model, TEACHER: trainer.teacher_model}
+    (sampled,), record = trainer.response_sampler.step_batches([batch], 0, models, trainer.accelerator)
+    assert record.responses == 2 and record.drop_reasons == {"empty prompt": 1} and record.fallback_batches == 0
+    assert sampled[PROMPT_COLUMN] == [batch[PROMPT_COLUMN][1]]
+    assert decoded(tokenizer, sampled["input_ids"][0], sampled["attention_mask"][0]).endswith(" Blue.")
+
+    batch[PROMPT_COLUMN] = ["", ""]
+    (sampled,), record = trainer.response_sampler.step_batches([batch], 0, models, trainer.accelerator)
+    assert record.drop_reasons == {"empty prompt": 2} and record.fallback_batches == 1 and record.seconds == 0.0
+    assert torch.equal(sampled["input_ids"], batch["input_ids"])
+
+
 def test_seq_kd_steps_hold_the_teachers_samples(tmp_path):
     trainer = make_trainer(tmp_path, seq_kd=True, max_new_tokens=6, max_length=256, max_prompt_length=64)
     teacher_tokenizer = trainer.teacher_processing_class

@@ -16,6 +16,8 @@ SAMPLED_BY = "sampled_by"
 STUDENT, TEACHER = "student", "teacher"
 # Prefix of the loss components logged for the batches each model sampled (dataset batches: none).
 METRIC_PREFIXES = {STUDENT: "on_policy_", TEACHER: "seq_kd_"}
+# Why a row of a prompt with no tokens has no sample (the pipeline's own reasons cover the rest).
+EMPTY_PROMPT = "empty prompt"
 
 
 @dataclass
@@ -30,6 +32,10 @@ class StepSamples:
     dropped: int = 0
     fallback_batches: int = 0
     drop_reasons: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str):
+        self.dropped += 1
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
 
     def metrics(self) -> dict[str, float]:
         """`on_policy` (1 on a student-sampled step: its window mean is the on-policy share) and
@@ -54,7 +60,8 @@ class ResponseSampler:
     sample becomes text with its model's tokenizer and then a row through `data.encode_example`, exactly as a
     dataset row (character spans, response masks, truncation); a sample that stopped at `max_new_tokens` is an
     open-ended completion (no EOS learnt), an empty one or one with no response token left after truncation is
-    dropped and counted. A micro-batch whose every sample is dropped keeps its dataset rows (counted).
+    dropped and counted, and so is a row whose prompt has no token to continue (nothing is sampled for it). A
+    micro-batch whose every sample is dropped keeps its dataset rows (counted).
     """
 
     def __init__(self, args, student_tokenizer, teacher_tokenizer, collator):
@@ -102,6 +109,9 @@ class ResponseSampler:
         rows = []
         for prompt, response in zip(batch[PROMPT_COLUMN], responses):
             record.responses += 1
+            if response is None:  # a prompt of no tokens: nothing was sampled
+                record.drop(EMPTY_PROMPT)
+                continue
             record.tokens += response.num_tokens
             record.unfinished += not response.finished
             completion = (
@@ -116,8 +126,7 @@ class ResponseSampler:
                 open_ended=not response.finished,
             )
             if columns is None:
-                record.dropped += 1
-                record.drop_reasons[reason] = record.drop_reasons.get(reason, 0) + 1
+                record.drop(reason)
                 continue
             rows.append({**columns, PROMPT_COLUMN: prompt})
         if not rows:

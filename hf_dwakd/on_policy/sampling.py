@@ -54,15 +54,19 @@ def sample_responses(
     config: GenerationConfig,
     max_prompt_length: int,
     seed: int,
-) -> tuple[list[SampledResponse], float]:
+) -> tuple[list[SampledResponse | None], float]:
     """`(responses, seconds)`: one sampled response per prompt, with `model` in eval mode (no dropout) and the
     random state forked and seeded with `seed`, so the training's own random state is untouched.
 
     A prompt over `max_prompt_length` tokens is sampled after its first `max_prompt_length`, the part of it that
-    training keeps. The batch is left-padded; decoding skips special tokens.
+    training keeps. A prompt of no tokens (an empty one, with a tokenizer that adds no BOS) gives the model
+    nothing to continue: its response is None, unsampled. The batch is left-padded; decoding skips special tokens.
     """
     device = next(model.parameters()).device
-    rows = [prompt_token_ids(tokenizer, prompt)[:max_prompt_length] for prompt in prompts]
+    all_rows = [prompt_token_ids(tokenizer, prompt)[:max_prompt_length] for prompt in prompts]
+    rows = [row for row in all_rows if row]
+    if not rows:
+        return [None] * len(all_rows), 0.0
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -90,7 +94,8 @@ def sample_responses(
         kept = completion if stop is None else completion[:stop]
         text = continuation_text(tokenizer, row, kept)
         responses.append(SampledResponse(text, finished=stop is not None, num_tokens=len(kept) + (stop is not None)))
-    return responses, seconds
+    sampled = iter(responses)
+    return [next(sampled) if row else None for row in all_rows], seconds
 
 
 def continuation_text(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int], completion_ids: list[int]) -> str:
