@@ -387,6 +387,9 @@ def test_pseudo_inverse_s2t_gives_the_student_logits_through_the_teacher_head_on
     expected = torch.linalg.lstsq(teacher_head[teacher_ids].double(), student_head[student_ids].double()).solution
     torch.testing.assert_close(s2t.weight.double(), expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(s2t.bias, torch.zeros(4))
+    # Three shared strings cover the student's 3 dimensions but not the teacher head's 4 columns: refused.
+    with pytest.raises(ValueError, match=r"teacher's hidden size \(4\); they share 3"):
+        pseudo_inverse_s2t(s2t, student_head, teacher_head, token_bytes("a", "b", "c"), teacher_bytes)
 
 
 def test_the_trainer_starts_s2t_from_the_pseudo_inverse_of_the_two_heads(tmp_path):

@@ -33,10 +33,11 @@ def pseudo_inverse_s2t(
     in the least-squares sense: the teacher head on a mapped student state gives the student's logits over the
     shared strings. Returns the number of shared strings."""
     student_ids, teacher_ids = shared_vocabulary(student_bytes, teacher_bytes)
-    if len(student_ids) < s2t.in_features:
+    if len(student_ids) < s2t.out_features:  # fewer rows than W_t's columns: no unique least-squares solution
         raise ValueError(
-            f"projector_init='pseudo_inverse' needs at least as many token strings shared by the two vocabularies as "
-            f"the student's hidden size ({s2t.in_features}); they share {len(student_ids)}. Use 'aligned' or 'random'."
+            "projector_init='pseudo_inverse' needs at least as many token strings shared by the two vocabularies as "
+            f"the teacher's hidden size ({s2t.out_features}); they share {len(student_ids)}. "
+            "Use 'aligned' or 'random'."
         )
     device = s2t.weight.device
     student_rows = student_head_weight.detach()[torch.tensor(student_ids, device=student_head_weight.device)]
