@@ -103,6 +103,8 @@ COMPARISONS = (
     ("dwakd on-policy", "gold on-policy"),
     ("dwakd two teachers", "dwakd"),
 )
+# The protocol's power: a comparison gets a verdict once this many training seeds are paired.
+VERDICT_SEEDS = 3
 
 
 def parse_args(argv=None):
@@ -110,8 +112,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--data_dir", help="a local folder with dolly/, self-inst/, vicuna/, sinst/ in DSKD format (default: the Hub)"
     )
-    parser.add_argument("--output_dir", required=True, help="models, teacher cache and adapters")
+    parser.add_argument("--output_dir", help="models, teacher cache and adapters (required unless --tables_only)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality_v2.json"))
+    parser.add_argument("--tables_only", action="store_true", help="rewrite the tables (.md) from --results and stop")
     parser.add_argument("--rows", default=",".join(CORE_ROWS), help=f"comma-separated subset of {tuple(ROWS)}")
     parser.add_argument("--train_seeds", default="1,2,3", help="training seeds, each a full set of rows")
     parser.add_argument("--student_examples", type=int, default=640, help="training rows (one epoch)")
@@ -129,6 +132,8 @@ def parse_args(argv=None):
         "--second_teacher_examples", type=int, default=320, help="two-teacher row: the second teacher's SFT rows"
     )
     args = parser.parse_args(argv)
+    if args.output_dir is None and not args.tables_only:
+        parser.error("--output_dir is required (where the models, the teacher cache and the adapters go)")
     args.rows = args.rows.split(",")
     unknown = [row for row in args.rows if row not in ROWS]
     if unknown:
@@ -391,6 +396,10 @@ def train_and_score(row, seed, args, results, train_rows, paths, cache_dir, exam
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.tables_only:
+        results = Path(args.results)
+        results.with_suffix(".md").write_text(markdown(json.loads(results.read_text())))
+        return
     output_dir = Path(args.output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     results = Results(args.results, args)
@@ -467,8 +476,16 @@ def mean_and_error(values):
     return mean, error
 
 
-def verdict(mean, error, lower_is_better):
-    if not error == error or abs(mean) <= 2 * error:  # nan error: one seed decides nothing
+def plus_minus(mean, error, digits, sign=""):
+    """`mean ± error`, or the mean alone where one value leaves no error."""
+    text = f"{mean:{sign}.{digits}f}"
+    return text if error != error else f"{text} ± {error:.{digits}f}"
+
+
+def verdict(mean, error, lower_is_better, seeds):
+    if seeds < VERDICT_SEEDS:
+        return f"too few seeds (< {VERDICT_SEEDS})"
+    if abs(mean) <= 2 * error:
         return "no difference shown"
     return "better" if (mean < 0) == lower_is_better else "worse"
 
@@ -499,12 +516,13 @@ def markdown(record):
         cells = " | ".join(f"{statistics.fmean(v['bits_per_byte'][name] for v in scored):.4f}" for name in names)
         step = statistics.fmean(v["seconds_per_step"] for v in scored if "seconds_per_step" in v)
         lines.append(
-            f"| {row} | {len(scored)} | {bpb:.4f} ± {bpb_error:.4f} | {cells} | {rouge:.2f} ± {rouge_error:.2f} | "
-            f"{step:.2f} |"
+            f"| {row} | {len(scored)} | {plus_minus(bpb, bpb_error, 4)} | {cells} | "
+            f"{plus_minus(rouge, rouge_error, 2)} | {step:.2f} |"
         )
     lines += [
         "",
-        "Paired differences over training seeds (mean ± standard error; 'better' only where |mean| > 2 SE):",
+        "Paired differences over training seeds (mean ± standard error; 'better' only where |mean| > 2 SE, "
+        f"over at least {VERDICT_SEEDS} seeds):",
         "",
         "| comparison | seeds | Δ bits/byte | verdict | Δ ROUGE-L | verdict |",
         "|---|---:|---:|---|---:|---|",
@@ -518,7 +536,7 @@ def markdown(record):
                 break
             mean, error = mean_and_error([mine[seed] - theirs[seed] for seed in seeds])
             digits = 4 if lower_is_better else 2
-            cells += [f"{mean:+.{digits}f} ± {error:.{digits}f}", verdict(mean, error, lower_is_better)]
+            cells += [plus_minus(mean, error, digits, "+"), verdict(mean, error, lower_is_better, len(seeds))]
         if cells:
             lines.append(f"| {row} − {against} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
